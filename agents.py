@@ -1,0 +1,370 @@
+"""What the agents are made of: haiku networks, the AdamW optimiser, the per-sample losses,
+action selection and the replay buffer (SPEC sections 4-8).
+
+Everything here is a pure function of one seed; `experiment.py` adds the seed axis with `vmap`.
+Hyperparameters that do not change shapes (step sizes, temperature, gamma, loss weights) arrive
+as traced scalars in a dict `hp`, so a grid over them needs no recompilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+Params = Any  # a haiku parameter tree
+HParams = dict[str, jax.Array]  # traced hyperparameters, float32 scalars keyed by config name
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+}
+EXPLORATION_STRATEGIES = ("softmax", "epsilon_greedy")
+
+
+# --------------------------------------------------------------------------------------------
+# Networks (SPEC §4)
+# --------------------------------------------------------------------------------------------
+
+
+class MLPConfig(NamedTuple):
+    """The torso shared by every network of a run."""
+
+    num_hidden_layers: int
+    num_hidden_units: int
+    activation: str
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> MLPConfig:
+        return cls(cfg["num_hidden_layers"], cfg["num_hidden_units"], cfg["activation"])
+
+
+def mlp_torso(x: jax.Array, mlp: MLPConfig) -> jax.Array:
+    """`num_hidden_layers` x (Linear, activation). Called inside a module's `__call__`, so the
+    layers are named `linear`, `linear_1`, ... under that module, as in the reference."""
+    activation = ACTIVATIONS[mlp.activation]
+    x = x.astype(jnp.float32)
+    for _ in range(mlp.num_hidden_layers):
+        x = activation(hk.Linear(mlp.num_hidden_units)(x))
+    return x
+
+
+def with_action(x: jax.Array, action: jax.Array, num_actions: int) -> jax.Array:
+    """Model networks see the action as a one-hot vector after the flattened input."""
+    return jnp.concatenate([x.astype(jnp.float32), jax.nn.one_hot(action, num_actions)], axis=-1)
+
+
+class QFunction(hk.Module):
+    """Action values of an observation (or a latent): `[..., d] -> [..., A]`."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str = "q_function"):
+        super().__init__(name=name)
+        self.num_actions, self.mlp = num_actions, mlp
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return hk.Linear(self.num_actions)(mlp_torso(x, self.mlp))
+
+
+class RewardFunction(hk.Module):
+    """Reward model: a unit-variance Gaussian whose mean is predicted from (input, action)."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str = "reward_function"):
+        super().__init__(name=name)
+        self.num_actions, self.mlp = num_actions, mlp
+
+    def __call__(self, x: jax.Array, action: jax.Array) -> dict[str, jax.Array]:
+        h = mlp_torso(with_action(x, action, self.num_actions), self.mlp)
+        mu = hk.Linear(1)(h)[..., 0]
+        return {"mu": mu, "sigma": jnp.ones_like(mu)}
+
+
+class TerminationFunction(hk.Module):
+    """Termination model: the logit of *continuing* (not terminating) after (input, action)."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str = "termination_function"):
+        super().__init__(name=name)
+        self.num_actions, self.mlp = num_actions, mlp
+
+    def __call__(self, x: jax.Array, action: jax.Array) -> dict[str, jax.Array]:
+        h = mlp_torso(with_action(x, action, self.num_actions), self.mlp)
+        return {"logit": hk.Linear(1)(h)[..., 0]}
+
+
+def transform(module_fn: Callable) -> hk.Transformed:
+    """Each network is its own `hk.without_apply_rng(hk.transform(...))` (SPEC §4)."""
+    return hk.without_apply_rng(hk.transform(module_fn))
+
+
+def q_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda x: QFunction(num_actions, mlp)(x))
+
+
+def reward_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda x, a: RewardFunction(num_actions, mlp)(x, a))
+
+
+def termination_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda x, a: TerminationFunction(num_actions, mlp)(x, a))
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser (SPEC §5)
+# --------------------------------------------------------------------------------------------
+
+
+def adamw(learning_rate, b1, b2, eps, weight_decay) -> optax.GradientTransformation:
+    """The reference's AdamW: `x <- x - lr * m_hat / (sqrt(v_hat) + eps) - wd * x`.
+
+    Unlike `optax.adamw`, the decay is *not* multiplied by the step size, hence the decay is
+    added after the scaling by `-lr`. Every argument may be a traced scalar.
+    """
+    return optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.scale(-learning_rate),
+        optax.add_decayed_weights(-weight_decay),
+    )
+
+
+def optimizer(hp: HParams, step_size_key: str) -> optax.GradientTransformation:
+    """The AdamW of a run, with the step size taken from `hp[step_size_key]`."""
+    return adamw(hp[step_size_key], hp["b1_adam"], hp["b2_adam"], hp["eps_adam"], hp["wd_adam"])
+
+
+def init_optimizer(params: Params) -> optax.OptState:
+    """Optimiser state for `params`; its layout does not depend on the hyperparameter values."""
+    return adamw(1.0, 0.9, 0.999, 1e-8, 0.0).init(params)
+
+
+def gradient_step(loss_fn, params, opt_state, hp: HParams, step_size_key: str):
+    """One AdamW step on `loss_fn(params) -> (loss, aux)`. Returns (params, opt_state, loss, aux)."""
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer(hp, step_size_key).update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+
+# --------------------------------------------------------------------------------------------
+# Q-learning (SPEC §8)
+# --------------------------------------------------------------------------------------------
+
+
+class QBatch(NamedTuple):
+    """Transitions for one Q step; leading axis = batch."""
+
+    obs: jax.Array  # [N, d] observation (or latent) s_tm1
+    action: jax.Array  # [N] int32 a_tm1
+    reward: jax.Array  # [N] float32 r_t
+    next_obs: jax.Array  # [N, d] s_t
+    continuation: jax.Array  # [N] c_t: 0 terminal / 1 otherwise, or the model's probability
+    weight: jax.Array  # [N] w: 0 after a rollout's first terminal transition, else 1
+
+
+def q_learning_loss(q_tm1, a_tm1, r_t, c_t, q_t_target, q_t_online, w, gamma, double_dqn: bool):
+    """Per-transition squared TD error `w * (Q(s)[a] - y)^2`, no factor 1/2.
+
+    `y = r + gamma * c * max_a' Q_target(s')[a']`, or with double DQN
+    `y = r + gamma * c * Q_target(s')[argmax Q_online(s')]`. No gradient flows into `y`.
+    """
+    if double_dqn:
+        bootstrap = q_t_target[jnp.argmax(q_t_online)]
+    else:
+        bootstrap = jnp.max(q_t_target)
+    y = jax.lax.stop_gradient(r_t + gamma * c_t * bootstrap)
+    return w * (q_tm1[a_tm1] - y) ** 2
+
+
+class Learner(NamedTuple):
+    """Everything an agent learns (one seed). Model fields stay `None` for model-free agents."""
+
+    q_params: Params
+    q_target: Params
+    q_opt: optax.OptState
+    model_params: Params = None
+    model_opt: optax.OptState = None
+
+
+def q_learning_step(
+    q_net: hk.Transformed,
+    learner: Learner,
+    batch: QBatch,
+    hp: HParams,
+    step_size_key: str,
+    double_dqn: bool,
+) -> Learner:
+    """One Q step on the mean over the batch (zero-weight rows stay in the denominator)."""
+
+    def loss_fn(params):
+        q_tm1 = q_net.apply(params, batch.obs)
+        q_t_target = q_net.apply(learner.q_target, batch.next_obs)
+        q_t_online = q_net.apply(params, batch.next_obs) if double_dqn else q_t_target
+        per_sample = jax.vmap(q_learning_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None, None))(
+            q_tm1,
+            batch.action,
+            batch.reward,
+            batch.continuation,
+            q_t_target,
+            q_t_online,
+            batch.weight,
+            hp["gamma"],
+            double_dqn,
+        )
+        return jnp.mean(per_sample), None
+
+    params, opt_state, _, _ = gradient_step(
+        loss_fn, learner.q_params, learner.q_opt, hp, step_size_key
+    )
+    return learner._replace(q_params=params, q_opt=opt_state)
+
+
+# --------------------------------------------------------------------------------------------
+# Action selection (SPEC §7)
+# --------------------------------------------------------------------------------------------
+
+
+def select_action(q: jax.Array, key: jax.Array, strategy: str, hp: HParams) -> jax.Array:
+    """Exploration policy on action values `q` ([A]). `strategy` is static."""
+    if strategy == "softmax":
+        return jax.random.categorical(key, q / hp["softmax_temp"])
+    if strategy == "epsilon_greedy":
+        explore_key, action_key = jax.random.split(key)
+        random_action = jax.random.randint(action_key, (), 0, q.shape[-1])
+        explore = jax.random.uniform(explore_key) < hp["epsilon"]
+        return jnp.where(explore, random_action, jnp.argmax(q))
+    raise ValueError(
+        f"exploration_strat: unknown {strategy!r}; expected one of {EXPLORATION_STRATEGIES}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Replay buffer (SPEC §6)
+# --------------------------------------------------------------------------------------------
+
+
+class Transition(NamedTuple):
+    """One real transition as stored by ER, simple and latent agents."""
+
+    obs: jax.Array  # [d] bool
+    action: jax.Array  # [] int32
+    reward: jax.Array  # [] float32
+    next_obs: jax.Array  # [d] bool
+    terminal: jax.Array  # [] bool
+
+
+class BufferState(NamedTuple):
+    """A ring buffer of one seed. `storage` has the item's tree structure; each leaf carries a
+    leading `capacity` axis and is kept in its compact storage form (see `ReplayBuffer`)."""
+
+    storage: Any
+    position: jax.Array  # [] int32, the slot written next
+    size: jax.Array  # [] int32, number of written slots (<= capacity)
+
+
+def _pack_bits(x: jax.Array) -> jax.Array:
+    return jnp.packbits(x.reshape(-1))
+
+
+class ReplayBuffer:
+    """Static description of a ring buffer: its capacity and how each leaf is stored.
+
+    Boolean leaves (binary observations, wall grids, button states) are stored as packed bits,
+    8 per byte, and unpacked on sampling, so sampled items equal the added ones bit for bit.
+    Integer leaves are stored in `int_dtype` when given (e.g. int8 grid positions); other leaves
+    are stored as they are.
+    """
+
+    def __init__(self, example_item: Any, capacity: int, int_dtype: Any = None):
+        leaves, self.treedef = jax.tree_util.tree_flatten(example_item)
+        self.specs = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+        self.capacity = capacity
+        self.int_dtype = int_dtype
+
+    def _stored_dtype(self, spec) -> Any:
+        if spec.dtype == jnp.bool_:
+            return jnp.uint8
+        if self.int_dtype is not None and jnp.issubdtype(spec.dtype, jnp.integer):
+            return self.int_dtype
+        return spec.dtype
+
+    def _encode(self, x: jax.Array, spec) -> jax.Array:
+        if spec.dtype == jnp.bool_:
+            return _pack_bits(x)
+        return x.astype(self._stored_dtype(spec))
+
+    def _decode(self, stored: jax.Array, spec) -> jax.Array:
+        """Inverse of `_encode` for a batch of stored rows `[N, ...]`."""
+        if spec.dtype == jnp.bool_:
+            size = int(np.prod(spec.shape, dtype=int))
+            bits = jnp.unpackbits(stored, axis=-1, count=size).astype(jnp.bool_)
+            return bits.reshape(stored.shape[:1] + spec.shape)
+        return stored.astype(spec.dtype)
+
+    def stored_bytes(self) -> int:
+        """Bytes of storage per seed."""
+        total = 0
+        for spec in self.specs:
+            shape = jax.eval_shape(lambda s=spec: self._encode(jnp.zeros(s.shape, s.dtype), s))
+            total += int(np.prod(shape.shape, dtype=int)) * jnp.dtype(shape.dtype).itemsize
+        return total * self.capacity
+
+    def init(self) -> BufferState:
+        storage = []
+        for spec in self.specs:
+            row = jax.eval_shape(lambda s=spec: self._encode(jnp.zeros(s.shape, s.dtype), s))
+            storage.append(jnp.zeros((self.capacity, *row.shape), row.dtype))
+        return BufferState(
+            storage=jax.tree_util.tree_unflatten(self.treedef, storage),
+            position=jnp.zeros((), jnp.int32),
+            size=jnp.zeros((), jnp.int32),
+        )
+
+    def add(self, buffer: BufferState, item: Any) -> BufferState:
+        leaves = self.treedef.flatten_up_to(item)
+        stored = self.treedef.flatten_up_to(buffer.storage)
+        new = [
+            column.at[buffer.position].set(self._encode(x, spec))
+            for column, x, spec in zip(stored, leaves, self.specs, strict=True)
+        ]
+        return BufferState(
+            storage=jax.tree_util.tree_unflatten(self.treedef, new),
+            position=(buffer.position + 1) % self.capacity,
+            size=jnp.minimum(buffer.size + 1, self.capacity),
+        )
+
+    def sample(self, buffer: BufferState, key: jax.Array, batch_size: int) -> Any:
+        """`batch_size` items drawn uniformly with replacement from the written slots."""
+        index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
+        stored = self.treedef.flatten_up_to(buffer.storage)
+        leaves = [
+            self._decode(column[index], spec)
+            for column, spec in zip(stored, self.specs, strict=True)
+        ]
+        return jax.tree_util.tree_unflatten(self.treedef, leaves)
+
+
+def transition_buffer(obs_size: int, capacity: int) -> ReplayBuffer:
+    """The buffer of real transitions used by ER, simple and latent agents."""
+    example = Transition(
+        obs=jax.ShapeDtypeStruct((obs_size,), jnp.bool_),
+        action=jax.ShapeDtypeStruct((), jnp.int32),
+        reward=jax.ShapeDtypeStruct((), jnp.float32),
+        next_obs=jax.ShapeDtypeStruct((obs_size,), jnp.bool_),
+        terminal=jax.ShapeDtypeStruct((), jnp.bool_),
+    )
+    return ReplayBuffer(example, capacity)
+
+
+def to_q_batch(transitions: Transition) -> QBatch:
+    """Real transitions as a Q batch: `c` = 0 on terminal transitions, weights 1."""
+    return QBatch(
+        obs=transitions.obs,
+        action=transitions.action,
+        reward=transitions.reward,
+        next_obs=transitions.next_obs,
+        continuation=1.0 - transitions.terminal.astype(jnp.float32),
+        weight=jnp.ones_like(transitions.reward),
+    )

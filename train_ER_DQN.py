@@ -1,0 +1,37 @@
+"""DQN with experience replay (SPEC §8, ER).
+
+The agent's own idea: store every real transition; each update samples `batch_size` of them
+and takes one Q-learning step. Loop, config, evaluation and saving live in `experiment.py`.
+"""
+
+import jax
+
+import agents
+import experiment
+
+
+def build_agent(cfg: dict, env) -> experiment.Agent:
+    q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
+    obs_size = experiment.observation_size(env)
+    replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
+
+    def init(key):
+        q_params = q_net.init(key, jax.numpy.zeros(obs_size))
+        learner = agents.Learner(q_params, q_params, agents.init_optimizer(q_params))
+        return learner, replay.init()
+
+    def update(learner, buffer, key, hp):
+        batch = agents.to_q_batch(replay.sample(buffer, key, cfg["batch_size"]))
+        return agents.q_learning_step(q_net, learner, batch, hp, "alpha_adam", cfg["double_DQN"])
+
+    return experiment.Agent(
+        init=init,
+        q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
+        store=experiment.store_transition(replay),
+        update=update,
+        saved_params=experiment.saved_q_params,
+    )
+
+
+if __name__ == "__main__":
+    experiment.main("ER", build_agent)
