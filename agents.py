@@ -142,7 +142,7 @@ def init_optimizer(params: Params) -> optax.OptState:
 
 
 def gradient_step(loss_fn, params, opt_state, hp: HParams, step_size_key: str):
-    """One AdamW step on `loss_fn(params) -> (loss, aux)`. Returns (params, opt_state, loss, aux)."""
+    """One AdamW step on `loss_fn(params) -> (loss, aux)`; returns (params, opt, loss, aux)."""
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer(hp, step_size_key).update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux
