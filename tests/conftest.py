@@ -1,0 +1,143 @@
+"""Shared helpers for the test suite: tiny configs, running a training script, and the score of
+a random policy under the same evaluation protocol as the agents."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import experiment  # noqa: E402
+
+# The shipped hyperparameters of SPEC §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
+BASE = {
+    "num_hidden_layers": 1,
+    "num_hidden_units": 16,
+    "activation": "elu",
+    "b1_adam": 0.9,
+    "b2_adam": 0.99,
+    "eps_adam": 1e-5,
+    "wd_adam": 1e-6,
+    "exploration_strat": "softmax",
+    "num_seeds": 2,
+    "target_update_frequency": 50,
+    "use_target": True,
+    "buffer_size": 500,
+    "num_steps": 200,
+    "gamma": 0.9,
+    "training_start_time": 50,
+    "eval_frequency": 50,
+    "eval_steps": 20,
+    "eval_batch_size": 4,
+    "save_params": True,
+    "save_frequency": 100,
+    "environment": "ProcMaze",
+    "episodic_env": True,
+    "env_config": {"grid_size": 3},
+}
+PER_AGENT = {
+    "ER": {"alpha_adam": 1e-3, "softmax_temp": 0.1, "batch_size": 32},
+    "perfect_model": {
+        "alpha_adam": 1e-3,
+        "softmax_temp": 0.4,
+        "batch_size": 8,
+        "rollout_length": 4,
+    },
+    "simple_model": {
+        "Q_alpha": 1e-3,
+        "model_alpha": 1e-3,
+        "softmax_temp": 0.8,
+        "batch_size": 8,
+        "rollout_length": 4,
+        "reward_weight": 1.0,
+        "termination_weight": 1.0,
+        "obs_prediction_weight": 1.0,
+        "binary_obs": True,
+    },
+    "latent_model": {
+        "Q_alpha": 1e-3,
+        "model_alpha": 1e-3,
+        "softmax_temp": 1.6,
+        "batch_size": 8,
+        "rollout_length": 4,
+        "KL_prior_weight": 0.8,
+        "KL_posterior_weight": 0.2,
+        "posterior_entropy_weight": 0.0,
+        "reward_weight": 1.0,
+        "termination_weight": 1.0,
+        "obs_prediction_weight": 1.0,
+        "latent_type": "categorical",
+        "num_features": 4,
+        "feature_width": 4,
+        "binary_obs": True,
+    },
+}
+SCRIPTS = {
+    "ER": "train_ER_DQN.py",
+    "perfect_model": "train_perfect_model_DQN.py",
+    "simple_model": "train_simple_model_DQN.py",
+    "latent_model": "train_latent_model_DQN.py",
+}
+
+
+def tiny_config(agent_type: str, **overrides) -> dict:
+    """A raw (unvalidated) config for `agent_type` that compiles and runs in seconds."""
+    return {**BASE, **PER_AGENT[agent_type], **overrides}
+
+
+def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, output: str = "run"):
+    """Run `train_<agent>.py` as a user would. Returns (completed process, output prefix)."""
+    config_path = tmp_path / f"{output}.json"
+    config_path.write_text(json.dumps(raw_config))
+    prefix = str(tmp_path / output)
+    process = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, SCRIPTS[agent_type]),
+            f"--seed={seed}",
+            f"--config={config_path}",
+            f"--output={prefix}",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
+    )
+    return process, prefix
+
+
+def load_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def random_policy_score(raw_config: dict, agent_type: str = "ER", seed: int = 0) -> float:
+    """Mean greedy-evaluation score (SPEC §9) of a uniformly random policy, for comparison."""
+    cfg = experiment.validate_config(raw_config, agent_type)
+    env = experiment.environments.make_environment(cfg["environment"], cfg["env_config"])
+    num_actions = env.num_actions()
+    random_agent = experiment.Agent(
+        init=None,
+        # argmax of i.i.d. normal values is a uniformly random action
+        q_values=lambda learner, obs, key: jax.random.normal(key, (num_actions,)),
+        store=None,
+        update=None,
+        saved_params=None,
+    )
+    keys = jax.random.split(jax.random.PRNGKey(seed), 16)
+    scores = jax.vmap(lambda k: experiment.evaluate(random_agent, env, cfg, None, k, {}))(keys)
+    return float(jnp.mean(scores))
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config
