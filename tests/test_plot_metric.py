@@ -1,0 +1,301 @@
+"""Tests of plot_metric.py: smoothing, subsampling, bootstrap band, CLI, headless use, errors."""
+
+import os
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # never open a window from the test process
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import plot_metric  # noqa: E402
+
+
+def write_out(path, values, times=None, metric="reward_rates", agent_type="ER"):
+    """Write a fake `.out` file as the training scripts do: lists of numpy arrays."""
+    values = np.asarray(values, dtype=np.float32)
+    if times is None:
+        times = [500 * i for i in range(values.shape[0])]
+    config = types.SimpleNamespace(
+        agent_type=agent_type, seed=0, num_seeds=values.shape[1], environment="ProcMaze"
+    )
+    metrics = {metric: [row for row in values], "eval_times": [int(t) for t in times]}
+    with open(path, "wb") as f:
+        pickle.dump({"config": config, "metrics": metrics}, f)
+    return str(path)
+
+
+def fake_values(num_evals, num_seeds, seed):
+    rng = np.random.default_rng(seed)
+    trend = -100 + 90 * (1 - np.exp(-np.arange(num_evals) / 5.0))
+    return trend[:, None] + rng.normal(0, 5, size=(num_evals, num_seeds))
+
+
+def headless_env():
+    env = dict(os.environ)
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):
+        env.pop(key, None)
+    return env
+
+
+def run_script(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(REPO / "plot_metric.py"), *args],
+        cwd=cwd,
+        env=headless_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# --- moving average and subsampling ---------------------------------------------------------
+
+
+def test_moving_average_1d_hand_computed():
+    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    np.testing.assert_allclose(plot_metric.moving_average(x, 2), [1.5, 3.0, 6.0, 12.0])
+    np.testing.assert_allclose(plot_metric.moving_average(x, 3), [7 / 3, 14 / 3, 28 / 3])
+    np.testing.assert_allclose(plot_metric.moving_average(x, 1), x)
+    np.testing.assert_allclose(plot_metric.moving_average(x, 5), [31 / 5])
+    assert plot_metric.moving_average(x, 4).shape == (5 - 4 + 1,)
+
+
+def test_moving_average_2d_smooths_each_column_along_axis_0():
+    x = np.array([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0], [6.0, 0.0]])
+    out = plot_metric.moving_average(x, 3)
+    np.testing.assert_allclose(out, [[2.0, 20.0], [11 / 3, 50 / 3]])
+    assert out.shape == (4 - 3 + 1, 2)
+    np.testing.assert_allclose(plot_metric.moving_average(x, 2), [[1.5, 20], [2.5, 25], [4.5, 10]])
+
+
+def test_moving_average_rejects_bad_windows():
+    with pytest.raises(plot_metric.PlotError, match="larger than the number of points"):
+        plot_metric.moving_average(np.arange(3.0), 4)
+    with pytest.raises(plot_metric.PlotError, match=">= 1"):
+        plot_metric.moving_average(np.arange(3.0), 0)
+
+
+def test_subsample_keeps_every_fth_evaluation_from_the_first():
+    x = np.arange(10)
+    np.testing.assert_array_equal(plot_metric.subsample(x, 1), x)
+    np.testing.assert_array_equal(plot_metric.subsample(x, 3), [0, 3, 6, 9])
+    np.testing.assert_array_equal(plot_metric.subsample(x, 4), [0, 4, 8])
+    two_d = np.arange(20).reshape(10, 2)
+    np.testing.assert_array_equal(plot_metric.subsample(two_d, 5), [[0, 1], [10, 11]])
+
+
+def test_curve_subsamples_then_smooths_times_and_values_alike():
+    times = np.arange(10) * 500.0
+    values = np.stack([np.arange(10.0), 2 * np.arange(10.0)], axis=1)
+    t, mean, low, high = plot_metric.curve(times, values, window=2, frequency=3)
+    # kept evaluations 0, 3, 6, 9 -> smoothed with width 2 -> 3 points
+    np.testing.assert_allclose(t, [750.0, 2250.0, 3750.0])
+    np.testing.assert_allclose(mean, 1.5 * np.array([1.5, 4.5, 7.5]))
+    assert np.all(low <= mean) and np.all(mean <= high)
+
+
+# --- bootstrap confidence interval ----------------------------------------------------------
+
+
+def test_bootstrap_ci_contains_the_mean():
+    values = fake_values(20, 8, seed=1)
+    mean, low, high = plot_metric.bootstrap_ci(values)
+    np.testing.assert_allclose(mean, values.mean(axis=1))
+    assert np.all(low < mean) and np.all(mean < high)
+
+
+def test_bootstrap_ci_shrinks_as_seeds_grow():
+    rng = np.random.default_rng(2)
+    widths = []
+    for num_seeds in (4, 30, 300):
+        values = rng.normal(0, 1, size=(50, num_seeds))
+        _, low, high = plot_metric.bootstrap_ci(values)
+        widths.append(np.mean(high - low))
+    assert widths[0] > widths[1] > widths[2] > 0
+    # ~ 2 * 1.96 / sqrt(S) for unit-variance seeds
+    assert widths[2] == pytest.approx(2 * 1.96 / np.sqrt(300), rel=0.2)
+
+
+def test_bootstrap_ci_is_degenerate_for_identical_seeds():
+    column = np.array([-100.0, -37.3, -0.1, 12.7])
+    values = np.repeat(column[:, None], 7, axis=1)
+    mean, low, high = plot_metric.bootstrap_ci(values)
+    np.testing.assert_array_equal(mean, column)
+    np.testing.assert_array_equal(low, mean)  # exactly zero width
+    np.testing.assert_array_equal(high, mean)
+    _, low1, high1 = plot_metric.bootstrap_ci(np.array([[3.0], [4.0]]))  # a single seed
+    np.testing.assert_array_equal(high1 - low1, [0.0, 0.0])
+
+
+def test_bootstrap_ci_is_deterministic_and_matches_a_direct_resampling():
+    values = fake_values(6, 5, seed=3)
+    a = plot_metric.bootstrap_ci(values)
+    b = plot_metric.bootstrap_ci(values)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    # the same resamples drawn directly: index the seeds and average
+    rng = np.random.default_rng(plot_metric.BOOTSTRAP_SEED)
+    idx = rng.integers(0, 5, size=(plot_metric.NUM_BOOTSTRAP, 5))
+    boot = values[:, idx].mean(axis=-1)  # (T, resamples)
+    low, high = np.percentile(boot, [2.5, 97.5], axis=1)
+    np.testing.assert_allclose(a[1], low, atol=1e-9)
+    np.testing.assert_allclose(a[2], high, atol=1e-9)
+
+
+# --- loading and plotting -------------------------------------------------------------------
+
+
+def test_load_metric_returns_evaluations_by_seeds(tmp_path):
+    values = fake_values(7, 3, seed=4)
+    path = write_out(tmp_path / "run.out", values)
+    times, loaded = plot_metric.load_metric(path, "reward_rates")
+    assert loaded.shape == (7, 3)
+    np.testing.assert_allclose(loaded, values.astype(np.float32))
+    np.testing.assert_array_equal(times, 500 * np.arange(7))
+
+
+def test_plot_lines_are_the_mean_of_the_smoothed_values(tmp_path):
+    v1, v2 = fake_values(12, 5, seed=5), fake_values(12, 3, seed=6) + 20
+    f1 = write_out(tmp_path / "ER.out", v1)
+    f2 = write_out(tmp_path / "perfect_model.out", v2)
+    ax = plot_metric.plot([f1, f2], "reward_rates", window=3, frequency=2)
+    try:
+        assert len(ax.lines) == 2
+        for line, v in zip(ax.lines, (v1, v2), strict=True):
+            kept = v.astype(np.float32).astype(np.float64)[::2]  # evaluations 0, 2, ..., 10
+            expected = np.stack(
+                [np.convolve(kept[:, s], np.ones(3) / 3, "valid") for s in range(kept.shape[1])],
+                axis=1,
+            ).mean(axis=1)
+            expected_t = np.convolve(500.0 * np.arange(12)[::2], np.ones(3) / 3, "valid")
+            np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-10)
+            np.testing.assert_allclose(line.get_xdata(), expected_t)
+            assert len(expected) == 6 - 3 + 1
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == [f1[: -len(".out")], f2[: -len(".out")]]
+        assert ax.get_xlabel() == "time" and ax.get_ylabel() == "reward_rates"
+        assert len(ax.collections) == 2  # one confidence band per file
+        assert ax.xaxis.get_gridlines()[0].get_visible()
+    finally:
+        plt.close(ax.figure)
+
+
+def test_main_saves_a_png(tmp_path):
+    f1 = write_out(tmp_path / "ER.out", fake_values(10, 4, seed=7))
+    f2 = write_out(tmp_path / "simple_model.out", fake_values(10, 4, seed=8))
+    png = tmp_path / "curves.png"
+    assert plot_metric.main(["--data", f1, f2, "-w", "2", "-f", "1", "--save", str(png)]) == 0
+    assert png.exists() and png.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_plots_another_metric(tmp_path):
+    f = write_out(tmp_path / "run.out", fake_values(5, 2, seed=9), metric="losses")
+    png = tmp_path / "losses.png"
+    assert plot_metric.main(["-d", f, "-m", "losses", "-o", str(png), "--title", "t"]) == 0
+    assert png.stat().st_size > 0
+
+
+# --- headless subprocess and no jax ---------------------------------------------------------
+
+
+def test_script_runs_headless_and_imports_no_jax(tmp_path):
+    f = write_out(tmp_path / "ER.out", fake_values(8, 3, seed=10))
+    png = tmp_path / "out.png"
+    proc = run_script("--data", f, "--window", "2", "--save", str(png), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert png.exists() and png.stat().st_size > 0
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import plot_metric, matplotlib;"
+        "plot_metric.main(['-d', sys.argv[2], '--save', sys.argv[3]]);"
+        "bad = [m for m in sys.modules if m == 'jax' or m.startswith('jax.')];"
+        "print(matplotlib.get_backend().lower(), bad)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(REPO), f, str(tmp_path / "b.png")],
+        cwd=tmp_path,
+        env=headless_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == "agg []"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="display detection is Linux's")
+def test_display_detection_on_linux(monkeypatch):
+    for key in ("DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(key, raising=False)
+    assert not plot_metric._has_display()
+    assert not plot_metric.can_show()  # never tries to open a window without a display
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    assert plot_metric._has_display()
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert plot_metric._has_display()
+    assert not plot_metric.can_show()  # the test process uses Agg: nothing to show
+
+
+# --- errors: exit status 2, one line, no traceback ------------------------------------------
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert lines[0].startswith("plot_metric.py: error:")
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_error_missing_file(tmp_path):
+    proc = run_script("--data", "nope.out", cwd=tmp_path)
+    assert_one_line_error(proc, "file not found", "nope.out")
+
+
+def test_error_unknown_metric_names_available_ones(tmp_path):
+    f = write_out(tmp_path / "ER.out", fake_values(5, 2, seed=11))
+    proc = run_script("--data", f, "--metric", "losses", cwd=tmp_path)
+    assert_one_line_error(proc, "unknown metric 'losses'", "available: reward_rates")
+
+
+def test_error_window_larger_than_points(tmp_path):
+    f = write_out(tmp_path / "ER.out", fake_values(5, 2, seed=12))
+    proc = run_script("--data", f, "--window", "6", cwd=tmp_path)
+    assert_one_line_error(proc, "window 6 is larger than the number of points 5")
+    # after subsampling only 3 of the 5 evaluations remain
+    proc = run_script("--data", f, "--window", "4", "--frequency", "2", cwd=tmp_path)
+    assert_one_line_error(proc, "window 4 is larger than the number of points 3")
+
+
+def test_error_invalid_pickle_and_bad_arguments(tmp_path):
+    junk = tmp_path / "junk.out"
+    junk.write_bytes(b"this is not a pickle")
+    assert_one_line_error(run_script("-d", str(junk), cwd=tmp_path), "not a valid .out")
+    not_dict = tmp_path / "list.out"
+    not_dict.write_bytes(pickle.dumps([1, 2, 3]))
+    assert_one_line_error(run_script("-d", str(not_dict), cwd=tmp_path), "not a valid .out")
+    f = write_out(tmp_path / "ER.out", fake_values(5, 2, seed=13))
+    assert_one_line_error(run_script("-d", f, "-w", "0", cwd=tmp_path), "window must be >= 1")
+    assert_one_line_error(run_script("-d", f, "-f", "0", cwd=tmp_path), "frequency must be >= 1")
+
+
+def test_main_error_in_process_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        plot_metric.main(["--data", str(tmp_path / "missing.out")])
+    assert excinfo.value.code == 2
+    assert "file not found" in capsys.readouterr().err
