@@ -68,7 +68,8 @@ class QFunction(hk.Module):
         self.num_actions, self.mlp = num_actions, mlp
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return hk.Linear(self.num_actions)(mlp_torso(x, self.mlp))
+        h = mlp_torso(x, self.mlp)  # the torso first, so the head is the last `linear_k`
+        return hk.Linear(self.num_actions)(h)
 
 
 class RewardFunction(hk.Module):
@@ -241,6 +242,92 @@ def select_action(q: jax.Array, key: jax.Array, strategy: str, hp: HParams) -> j
 
 
 # --------------------------------------------------------------------------------------------
+# Observation-space model (simple model)
+# --------------------------------------------------------------------------------------------
+
+
+class NextObsFunction(hk.Module):
+    """Next-observation model: observation [d], action, key -> (sampled next obs [d], its
+    distribution).
+
+    Binary observations: independent bits, distribution `{'logit': [d]}`. By default a bit fires
+    with probability equal to the raw *logit* (SPEC §12 Q2: the reference's behaviour; logits
+    <= 0 never fire, >= 1 always do); `sample_from_sigmoid` uses sigmoid(logit), the probability
+    the loss trains. Otherwise a unit-variance Gaussian, `{'mu': [d], 'sigma': 1}`, sampled as
+    mu + N(0, 1). The sample is float32 either way, so a rollout feeds it back to the model and
+    to Q without conversion.
+    """
+
+    def __init__(
+        self,
+        num_actions: int,
+        obs_size: int,
+        mlp: MLPConfig,
+        binary_obs: bool,
+        sample_from_sigmoid: bool = False,
+        name: str = "next_obs_function",
+    ):
+        super().__init__(name=name)
+        self.num_actions, self.obs_size, self.mlp = num_actions, obs_size, mlp
+        self.binary_obs, self.sample_from_sigmoid = binary_obs, sample_from_sigmoid
+
+    def __call__(self, x: jax.Array, action: jax.Array, key: jax.Array):
+        h = mlp_torso(with_action(x, action, self.num_actions), self.mlp)
+        out = hk.Linear(self.obs_size)(h)
+        if self.binary_obs:
+            probability = jax.nn.sigmoid(out) if self.sample_from_sigmoid else out
+            sample = jax.random.uniform(key, out.shape) < probability
+            return sample.astype(jnp.float32), {"logit": out}
+        sample = out + jax.random.normal(key, out.shape)
+        return sample, {"mu": out, "sigma": jnp.ones_like(out)}
+
+
+def next_obs_network(
+    num_actions: int,
+    obs_size: int,
+    mlp: MLPConfig,
+    binary_obs: bool,
+    sample_from_sigmoid: bool = False,
+) -> hk.Transformed:
+    return transform(
+        lambda x, a, key: NextObsFunction(
+            num_actions, obs_size, mlp, binary_obs, sample_from_sigmoid
+        )(x, a, key)
+    )
+
+
+def gaussian_nll(x: jax.Array, mu: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Elementwise `-log N(x; mu, sigma^2)`, constant included."""
+    return 0.5 * jnp.log(2.0 * jnp.pi) + jnp.log(sigma) + 0.5 * ((x - mu) / sigma) ** 2
+
+
+def bernoulli_nll(x: jax.Array, logit: jax.Array) -> jax.Array:
+    """Elementwise `-log Bern(x; sigmoid(logit))`, written as `softplus(logit) - x * logit` so
+    that large logits neither overflow nor take the log of 0."""
+    return jax.nn.softplus(logit) - x * logit
+
+
+def reward_nll(reward_dist: dict[str, jax.Array], reward: jax.Array) -> jax.Array:
+    """Reward term of a model loss for one transition: Gaussian NLL of the observed reward."""
+    return gaussian_nll(reward, reward_dist["mu"], reward_dist["sigma"])
+
+
+def continuation_nll(termination_dist: dict[str, jax.Array], terminal: jax.Array) -> jax.Array:
+    """Termination term for one transition. The head's logit is that of *continuing*, so the
+    Bernoulli target is `not terminal`."""
+    return bernoulli_nll(1.0 - terminal.astype(jnp.float32), termination_dist["logit"])
+
+
+def observation_nll(obs_dist: dict[str, jax.Array], obs: jax.Array) -> jax.Array:
+    """Observation term for one observation, summed over its bits (Bernoulli, `{'logit'}`) or
+    dimensions (Gaussian, `{'mu', 'sigma'}`)."""
+    obs = obs.astype(jnp.float32)
+    if "logit" in obs_dist:
+        return jnp.sum(bernoulli_nll(obs, obs_dist["logit"]), axis=-1)
+    return jnp.sum(gaussian_nll(obs, obs_dist["mu"], obs_dist["sigma"]), axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
 # Replay buffer (SPEC §6)
 # --------------------------------------------------------------------------------------------
 
@@ -367,4 +454,180 @@ def to_q_batch(transitions: Transition) -> QBatch:
         next_obs=transitions.next_obs,
         continuation=1.0 - transitions.terminal.astype(jnp.float32),
         weight=jnp.ones_like(transitions.reward),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Latent-space model (latent agent)
+# --------------------------------------------------------------------------------------------
+
+STD_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "softplus": jax.nn.softplus,
+    "sigmoid": jax.nn.sigmoid,
+    "sigmoid2": lambda x: 2.0 * jax.nn.sigmoid(x / 2.0),
+}
+MIN_SIGMA = 1e-6  # every learned std is clipped below at this value
+LatentDist = dict[str, jax.Array]  # {'mu', 'sigma'} ([F] each) or {'probs', 'log_probs'} ([F, W])
+
+
+class LatentConfig(NamedTuple):
+    """Shape and parameterisation of the latent state (SPEC §4, latent heads)."""
+
+    latent_type: str  # gaussian, tanh_gaussian or categorical
+    num_features: int  # F
+    feature_width: int | None  # W (categorical only)
+    std_act: str  # softplus, sigmoid or sigmoid2
+    min_std: float  # added to the encoder's std (not the transition's)
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> LatentConfig:
+        return cls(
+            cfg["latent_type"],
+            cfg["num_features"],
+            cfg["feature_width"],
+            cfg["std_act"],
+            cfg["min_std"],
+        )
+
+    @property
+    def size(self) -> int:
+        """Length of the flat latent that other networks read: F*W categorical, else F."""
+        if self.latent_type == "categorical":
+            return self.num_features * self.feature_width
+        return self.num_features
+
+
+def latent_head(h: jax.Array, latent: LatentConfig, key: jax.Array, min_std: float):
+    """The output layer(s) of the encoder and the transition network, for one sample.
+
+    Returns `(flat sampled latent, distribution)`. Gaussian: the mean head is the next
+    `hk.Linear`, the std head the one after; the sample is reparameterised (and squashed by tanh
+    for `tanh_gaussian`). Categorical: one category per feature, one-hot, with the
+    straight-through estimator, so the forward value is one-hot and the gradient that of `probs`.
+    """
+    F = latent.num_features
+    if latent.latent_type == "categorical":
+        logits = hk.Linear(F * latent.feature_width)(h).reshape(F, latent.feature_width)
+        probs, log_probs = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
+        one_hot = jax.nn.one_hot(jax.random.categorical(key, logits), latent.feature_width)
+        sample = probs + jax.lax.stop_gradient(one_hot - probs)
+        return sample.reshape(-1), {"probs": probs, "log_probs": log_probs}
+    mu = hk.Linear(F)(h)
+    sigma = jnp.maximum(STD_ACTIVATIONS[latent.std_act](hk.Linear(F)(h)), MIN_SIGMA) + min_std
+    sample = mu + sigma * jax.random.normal(key, mu.shape)
+    if latent.latent_type == "tanh_gaussian":
+        sample = jnp.tanh(sample)
+    return sample, {"mu": mu, "sigma": sigma}
+
+
+class PhiFunction(hk.Module):
+    """Encoder: observation [d], key -> (sampled latent [D], its distribution)."""
+
+    def __init__(self, latent: LatentConfig, mlp: MLPConfig, name: str = "phi_function"):
+        super().__init__(name=name)
+        self.latent, self.mlp = latent, mlp
+
+    def __call__(self, obs: jax.Array, key: jax.Array):
+        return latent_head(mlp_torso(obs, self.mlp), self.latent, key, self.latent.min_std)
+
+
+class NextPhiFunction(hk.Module):
+    """Transition: latent [D], action, key -> (sampled next latent [D], its distribution)."""
+
+    def __init__(
+        self,
+        num_actions: int,
+        latent: LatentConfig,
+        mlp: MLPConfig,
+        name: str = "next_phi_function",
+    ):
+        super().__init__(name=name)
+        self.num_actions, self.latent, self.mlp = num_actions, latent, mlp
+
+    def __call__(self, phi: jax.Array, action: jax.Array, key: jax.Array):
+        h = mlp_torso(with_action(phi, action, self.num_actions), self.mlp)
+        return latent_head(h, self.latent, key, min_std=0.0)
+
+
+class ObsFunction(hk.Module):
+    """Decoder: latent [D] -> distribution of the current observation [d]: `{'logit'}` for
+    binary observations, else `{'mu', 'sigma'}` (sigma learned or 1)."""
+
+    def __init__(
+        self,
+        obs_size: int,
+        binary_obs: bool,
+        learn_obs_variance: bool,
+        mlp: MLPConfig,
+        name: str = "obs_function",
+    ):
+        super().__init__(name=name)
+        self.obs_size, self.binary_obs, self.learn_obs_variance = (
+            obs_size,
+            binary_obs,
+            learn_obs_variance,
+        )
+        self.mlp = mlp
+
+    def __call__(self, phi: jax.Array) -> dict[str, jax.Array]:
+        h = mlp_torso(phi, self.mlp)
+        if self.binary_obs:
+            return {"logit": hk.Linear(self.obs_size)(h)}
+        mu = hk.Linear(self.obs_size)(h)
+        if self.learn_obs_variance:
+            sigma = jnp.maximum(jax.nn.softplus(hk.Linear(self.obs_size)(h)), MIN_SIGMA)
+        else:
+            sigma = jnp.ones_like(mu)
+        return {"mu": mu, "sigma": sigma}
+
+
+def phi_network(latent: LatentConfig, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda obs, key: PhiFunction(latent, mlp)(obs, key))
+
+
+def next_phi_network(num_actions: int, latent: LatentConfig, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda phi, a, key: NextPhiFunction(num_actions, latent, mlp)(phi, a, key))
+
+
+def obs_network(
+    obs_size: int, binary_obs: bool, learn_obs_variance: bool, mlp: MLPConfig
+) -> hk.Transformed:
+    return transform(lambda phi: ObsFunction(obs_size, binary_obs, learn_obs_variance, mlp)(phi))
+
+
+def gaussian_kl(p1: LatentDist, p2: LatentDist) -> jax.Array:
+    """KL(p1 || p2) of diagonal Gaussians, summed over features."""
+    mu1, sigma1, mu2, sigma2 = p1["mu"], p1["sigma"], p2["mu"], p2["sigma"]
+    log_ratio = jnp.log(sigma2) - jnp.log(sigma1)
+    return jnp.sum(log_ratio + (sigma1**2 + (mu1 - mu2) ** 2) / (2.0 * sigma2**2) - 0.5)
+
+
+def categorical_kl(p1: LatentDist, p2: LatentDist) -> jax.Array:
+    """KL(p1 || p2) of independent categoricals, summed over categories and features."""
+    return jnp.sum(p1["probs"] * (p1["log_probs"] - p2["log_probs"]))
+
+
+def latent_kl(latent_type: str, p1: LatentDist, p2: LatentDist) -> jax.Array:
+    """KL(p1 || p2) for the latent type (tanh_gaussian: of the Gaussians before the tanh)."""
+    if latent_type == "categorical":
+        return categorical_kl(p1, p2)
+    return gaussian_kl(p1, p2)
+
+
+def base_distribution(latent: LatentConfig) -> LatentDist:
+    """The base of the posterior-entropy term: standard normal, or uniform categorical."""
+    F = latent.num_features
+    if latent.latent_type == "categorical":
+        W = latent.feature_width
+        return {"probs": jnp.full((F, W), 1.0 / W), "log_probs": jnp.full((F, W), -jnp.log(W))}
+    return {"mu": jnp.zeros(F), "sigma": jnp.ones(F)}
+
+
+def kl_balance(posterior: LatentDist, prior: LatentDist, latent_type: str):
+    """(KL(q' || sg(p')), KL(sg(q') || p')): the first trains the encoder toward the transition
+    prediction, the second the transition network toward the encoding."""
+    sg = jax.lax.stop_gradient
+    return (
+        latent_kl(latent_type, posterior, sg(prior)),
+        latent_kl(latent_type, sg(posterior), prior),
     )
