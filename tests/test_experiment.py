@@ -1,0 +1,374 @@
+"""The shared run machinery: config validation, CLI, outputs, determinism, and ER end to end."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, SCRIPTS, load_pickle, random_policy_score, run_script, tiny_config
+
+import environments
+import experiment
+import train_ER_DQN
+
+# ------------------------------------------------------------------------------------------
+# Config validation: one line naming the key, before anything is compiled
+# ------------------------------------------------------------------------------------------
+
+
+def config_error(raw, agent_type="ER") -> str:
+    with pytest.raises(experiment.ConfigError) as info:
+        experiment.validate_config(raw, agent_type)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_shipped_configs_validate():
+    for name, agent_type in [
+        ("ER", "ER"),
+        ("perfect_model", "perfect_model"),
+        ("simple_model", "simple_model"),
+        ("categorical_latent_model", "latent_model"),
+        ("gaussian_latent_model", "latent_model"),
+    ]:
+        path = os.path.join(ROOT, "configs", f"{name}.json")
+        if not os.path.exists(path):
+            pytest.skip(f"{path} not written yet")
+        cfg = experiment.load_config(path, agent_type)
+        assert cfg["num_seeds"] == 30 and cfg["num_steps"] == 1_000_000
+        assert cfg["env_config"] == {"grid_size": 4} and cfg["episodic_env"] is True
+
+
+def test_defaults_filled_in():
+    raw = tiny_config("ER")
+    for key in ("save_params", "double_DQN", "updates_per_step", "episodic_env"):
+        raw.pop(key, None)
+    cfg = experiment.validate_config(raw, "ER")
+    assert cfg["save_params"] is True
+    assert cfg["double_DQN"] is False
+    assert cfg["updates_per_step"] == 1
+    assert cfg["episodic_env"] is False  # the reference's default is *continuing*
+    assert cfg["fresh_obs_on_reset"] is False  # quirk Q1 reproduced by default
+
+
+def test_unknown_key_with_suggestion():
+    message = config_error({**tiny_config("ER"), "softmax_tmp": 0.1})
+    assert "softmax_tmp" in message and "did you mean 'softmax_temp'" in message
+
+
+def test_key_of_another_agent_is_rejected():
+    message = config_error({**tiny_config("ER"), "rollout_length": 3})
+    assert "rollout_length" in message and "not used by the ER agent" in message
+
+
+def test_missing_required_key():
+    raw = tiny_config("ER")
+    del raw["gamma"]
+    assert "gamma: missing required key" in config_error(raw)
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("num_seeds", 2.5, "expected an integer"),
+        ("num_seeds", True, "expected an integer"),
+        ("gamma", "0.9", "expected a number"),
+        ("use_target", 1, "expected true or false"),
+        ("activation", "tanh", "expected one of ['relu', 'silu', 'elu']"),
+        ("exploration_strat", "softmx", "did you mean 'softmax'"),
+        ("gamma", 1.5, "gamma <= 1"),
+        ("alpha_adam", 0.0, "0.0 < alpha_adam"),
+        ("batch_size", 0, "1 <= batch_size"),
+        ("b2_adam", 1.0, "b2_adam < 1.0"),
+        ("environment", "ProcMase", "did you mean 'ProcMaze'"),
+    ],
+)
+def test_bad_values(key, value, expected):
+    message = config_error({**tiny_config("ER"), key: value})
+    assert message.startswith(f"{key}:") and expected in message
+
+
+def test_incompatible_combinations():
+    raw = {**tiny_config("ER"), "exploration_strat": "epsilon_greedy"}
+    assert config_error(raw).startswith("epsilon: required when")
+    raw = {**tiny_config("ER"), "num_steps": 220}
+    assert "multiple of eval_frequency" in config_error(raw)
+    raw = tiny_config("ER")
+    del raw["softmax_temp"]
+    assert config_error(raw).startswith("softmax_temp: required when")
+
+
+def test_env_config_errors_name_the_key():
+    message = config_error({**tiny_config("ER"), "env_config": {"gridsize": 4}})
+    assert "gridsize" in message
+    message = config_error({**tiny_config("ER"), "env_config": {"grid_size": "4"}})
+    assert "grid_size" in message
+
+
+def test_traced_hyperparameters_are_the_float_keys():
+    cfg = experiment.validate_config(tiny_config("ER"), "ER")
+    hp = experiment.traced_hyperparameters(cfg)
+    assert set(hp) == {
+        "alpha_adam",
+        "b1_adam",
+        "b2_adam",
+        "eps_adam",
+        "wd_adam",
+        "softmax_temp",
+        "gamma",
+    }
+    assert all(v.dtype == jnp.float32 and v.shape == () for v in hp.values())
+
+
+def test_cli_config_error_exits_2_with_one_line(tmp_path):
+    process, _ = run_script("ER", {**tiny_config("ER"), "gama": 0.9}, tmp_path)
+    assert process.returncode == 2
+    lines = process.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gama: unknown key (did you mean 'gamma'?)" in lines[0]
+    assert "Traceback" not in process.stderr
+    assert not (tmp_path / "run.out").exists()
+
+
+def test_cli_unreadable_config_exits_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    for path in (bad, tmp_path / "missing.json"):
+        process = subprocess.run(
+            [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={path}"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert process.returncode == 2
+        assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_every_key_is_documented_in_the_readme():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    missing = [key for key in experiment.SCHEMA if f"`{key}`" not in readme]
+    assert not missing
+
+
+# ------------------------------------------------------------------------------------------
+# One compiled chunk, shared by the tests below
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def er_run():
+    raw = tiny_config("ER", num_seeds=3)
+    cfg = experiment.validate_config(raw, "ER")
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    agent = train_ER_DQN.build_agent(cfg, env)
+    return agent, env, cfg, experiment.compile_run(agent, env, cfg)
+
+
+def test_chunk_compiles_once_for_train_flag_times_and_hyperparameters(er_run):
+    _, _, cfg, run = er_run
+    hp = experiment.traced_hyperparameters(cfg)
+    state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
+    state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
+    state, _ = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
+    hp2 = {**hp, "alpha_adam": jnp.float32(3e-4), "softmax_temp": jnp.float32(2.0)}
+    state, _ = run.chunk(state, jnp.int32(100), jnp.bool_(True), hp2)
+    assert run.chunk._cache_size() == 1
+
+
+def test_train_flag_off_leaves_parameters_alone(er_run):
+    _, _, cfg, run = er_run
+    hp = experiment.traced_hyperparameters(cfg)
+    state = run.init(jax.random.split(jax.random.PRNGKey(1), cfg["num_seeds"]))
+    before = jax.tree_util.tree_map(np.asarray, state.learner.q_params)
+    state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
+    after_idle = state.learner.q_params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, before, after_idle)
+    assert int(state.buffer.size[0]) == cfg["eval_frequency"]
+    state, _ = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
+    changed = jax.tree_util.tree_map(
+        lambda a, b: not np.array_equal(a, b), before, state.learner.q_params
+    )
+    assert all(jax.tree_util.tree_leaves(changed))
+
+
+def test_seed_axis_entries_differ(er_run):
+    _, _, cfg, run = er_run
+    state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
+    w = np.asarray(state.learner.q_params["q_function/linear"]["w"])
+    assert not np.allclose(w[0], w[1]) and not np.allclose(w[1], w[2])
+    walls = np.asarray(state.env_state.walls)
+    assert len({walls[i].tobytes() for i in range(3)}) >= 2
+
+
+def test_target_refreshed_every_target_update_frequency(er_run):
+    agent, env, cfg, _ = er_run
+    hp = experiment.traced_hyperparameters(cfg)
+    state = experiment.init_seed(agent, env, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, t, train: experiment.env_step(agent, env, cfg, s, t, train, hp)[0])
+    for _ in range(40):  # fill the buffer a little
+        state = step(state, jnp.int32(1), False)
+    state = step(state, jnp.int32(1), True)  # t % 50 != 0: target stays at the initial parameters
+    target = state.learner.q_target["q_function/linear"]["w"]
+    online = state.learner.q_params["q_function/linear"]["w"]
+    assert not np.array_equal(target, online)
+    before_refresh = online
+    state = step(state, jnp.int32(50), True)  # refresh, then update: target = pre-update online
+    np.testing.assert_array_equal(state.learner.q_target["q_function/linear"]["w"], before_refresh)
+
+
+def test_stale_observation_after_terminal_is_quirk_q1():
+    raw = tiny_config("ER", env_config={"grid_size": 2})
+    for fresh in (False, True):
+        cfg = experiment.validate_config({**raw, "fresh_obs_on_reset": fresh}, "ER")
+        env = environments.make_environment(cfg["environment"], cfg["env_config"])
+        agent = train_ER_DQN.build_agent(cfg, env)
+        hp = experiment.traced_hyperparameters(cfg)
+        state = experiment.init_seed(agent, env, jax.random.PRNGKey(3))
+        step = jax.jit(
+            lambda s, a=agent, e=env, c=cfg, h=hp: experiment.env_step(a, e, c, s, 0, False, h)
+        )
+        seen_terminal = False
+        for _ in range(60):
+            new, _ = step(state)
+            buffer_index = int(new.buffer.position) - 1
+            terminal = bool(new.buffer.storage.terminal[buffer_index])
+            if terminal:
+                seen_terminal = True
+                stored_next = np.unpackbits(np.asarray(new.buffer.storage.next_obs[buffer_index]))
+                reset_obs = np.asarray(env.get_observation(new.env_state))
+                next_obs = stored_next[: reset_obs.size].astype(bool)
+                acting_obs = np.asarray(new.obs)
+                if fresh:
+                    np.testing.assert_array_equal(acting_obs, reset_obs)
+                else:
+                    np.testing.assert_array_equal(acting_obs, next_obs)
+            state = new
+        assert seen_terminal
+
+
+# ------------------------------------------------------------------------------------------
+# Outputs, determinism, and the CLI end to end
+# ------------------------------------------------------------------------------------------
+
+
+def train_in_process(raw, tmp_path, seed=0, output="run", agent_type="ER", build=None):
+    cfg = {**experiment.validate_config(raw, agent_type), "agent_type": agent_type, "seed": seed}
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    build = build or train_ER_DQN.build_agent
+    prefix = str(tmp_path / output)
+    return experiment.train(build(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
+
+
+def test_cli_writes_out_and_params(tmp_path):
+    raw = tiny_config("ER")
+    process, prefix = run_script("ER", raw, tmp_path, seed=7)
+    assert process.returncode == 0, process.stderr
+    record = load_pickle(prefix + ".out")
+    assert record["config"].agent_type == "ER" and record["config"].seed == 7
+    assert record["config"].gamma == raw["gamma"]
+    metrics = record["metrics"]
+    assert metrics["eval_times"] == [0, 50, 100, 150]
+    assert len(metrics["reward_rates"]) == 4
+    assert all(isinstance(r, np.ndarray) and r.shape == (2,) for r in metrics["reward_rates"])
+    params = load_pickle(prefix + ".params")
+    assert set(params) == {"Q"} and len(params["Q"]) == 2
+    assert set(params["Q"][0]) == {"q_function/linear", "q_function/linear_1"}
+    assert isinstance(params["Q"][0]["q_function/linear"]["w"], np.ndarray)
+    assert params["Q"][0]["q_function/linear"]["w"].shape == (9 * 4, 16)
+
+
+def test_outputs_load_without_jax(tmp_path):
+    process, prefix = run_script("ER", tiny_config("ER"), tmp_path)
+    assert process.returncode == 0, process.stderr
+    code = (
+        "import pickle, sys\n"
+        "sys.modules['jax'] = None  # importing jax now fails\n"
+        f"out = pickle.load(open({prefix + '.out'!r}, 'rb'))\n"
+        f"params = pickle.load(open({prefix + '.params'!r}, 'rb'))\n"
+        "print(len(out['metrics']['reward_rates']), len(params['Q']))\n"
+    )
+    check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.split() == ["4", "2"]
+
+
+def test_same_seed_identical_different_seed_differs(tmp_path):
+    raw = tiny_config("ER")
+    a, _ = train_in_process(raw, tmp_path, seed=0, output="a")
+    b, _ = train_in_process(raw, tmp_path, seed=0, output="b")
+    c, _ = train_in_process(raw, tmp_path, seed=1, output="c")
+    rates = [np.stack(r["metrics"]["reward_rates"]) for r in (a, b, c)]
+    np.testing.assert_array_equal(rates[0], rates[1])
+    assert not np.array_equal(rates[0], rates[2])
+    assert not np.array_equal(rates[0][:, 0], rates[0][:, 1])  # seed-axis entries differ too
+
+
+def test_params_saved_on_schedule(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(experiment, "save_params", lambda *a: calls.append(a[0]))
+    raw = tiny_config("ER", num_steps=400, save_frequency=100)
+    train_in_process(raw, tmp_path)
+    # before chunks starting at 100, 200, 300 (100 steps accumulated each time), and at the end
+    assert len(calls) == 4
+
+
+def test_killed_run_keeps_a_complete_out_file(tmp_path):
+    raw = tiny_config("ER", num_steps=400_000, eval_frequency=50, save_params=False)
+    config = tmp_path / "long.json"
+    config.write_text(json.dumps(raw))
+    prefix = tmp_path / "long"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(ROOT, SCRIPTS["ER"]),
+            f"--config={config}",
+            f"--output={prefix}",
+            "--quiet",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
+    )
+    out = tmp_path / "long.out"
+    deadline = time.time() + 300
+    while time.time() < deadline and not out.exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it rewrite the file many times, then kill it mid-run
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    record = load_pickle(out)
+    times = record["metrics"]["eval_times"]
+    assert len(times) >= 1 and times == [50 * i for i in range(len(times))]
+    assert len(record["metrics"]["reward_rates"]) == len(times)
+
+
+# ------------------------------------------------------------------------------------------
+# ER learns
+# ------------------------------------------------------------------------------------------
+
+
+def test_er_beats_a_random_policy(tmp_path):
+    raw = tiny_config(
+        "ER",
+        num_hidden_units=64,
+        num_steps=3000,
+        eval_frequency=500,
+        training_start_time=500,
+        buffer_size=3000,
+        target_update_frequency=100,
+        eval_steps=20,
+        eval_batch_size=16,
+        save_params=False,
+        environment="OpenGrid",  # a fixed goal: learnable in a few thousand steps
+        env_config={"grid_size": 4},
+    )
+    record, _ = train_in_process(raw, tmp_path)
+    final = float(np.mean(record["metrics"]["reward_rates"][-1]))
+    random_score = random_policy_score(raw)
+    assert final > random_score + 3.0, (final, random_score)
