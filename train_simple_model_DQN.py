@@ -1,0 +1,171 @@
+"""DQN trained only on rollouts of a learned observation-space model (SPEC §8, simple model).
+
+The agent's own idea: store real transitions, but never train Q on them. Each update samples
+`batch_size` of them, (1) takes one step on a model of reward, continuation and next
+observation, then (2) rolls the *updated* model out for `rollout_length` steps from the
+sampled observations with the current exploration policy, and (3) takes one Q-learning step on
+the `batch_size * rollout_length` imagined transitions. Whatever the model generalises beyond
+the replayed data reaches Q only through these rollouts. Loop, config, evaluation and saving
+live in `experiment.py`.
+"""
+
+from typing import NamedTuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+import agents
+import experiment
+
+
+class ModelNetworks(NamedTuple):
+    """The three model networks; their parameters form one dict with the same keys, trained
+    together by one optimiser (SPEC §5)."""
+
+    reward: hk.Transformed  # (obs, action) -> {'mu', 'sigma'}
+    termination: hk.Transformed  # (obs, action) -> {'logit'} of continuing
+    next_obs: hk.Transformed  # (obs, action, key) -> (sampled next obs, distribution)
+
+
+def model_networks(cfg: dict, env) -> ModelNetworks:
+    num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
+    obs_size = experiment.observation_size(env)
+    return ModelNetworks(
+        reward=agents.reward_network(num_actions, mlp),
+        termination=agents.termination_network(num_actions, mlp),
+        next_obs=agents.next_obs_network(
+            num_actions, obs_size, mlp, cfg["binary_obs"], cfg["sample_obs_from_sigmoid"]
+        ),
+    )
+
+
+def init_model(model: ModelNetworks, key: jax.Array, obs_size: int) -> agents.Params:
+    reward_key, termination_key, next_obs_key = jax.random.split(key, 3)
+    obs, action = jnp.zeros(obs_size), jnp.zeros((), jnp.int32)
+    return {
+        "reward": model.reward.init(reward_key, obs, action),
+        "termination": model.termination.init(termination_key, obs, action),
+        "next_obs": model.next_obs.init(next_obs_key, obs, action, next_obs_key),
+    }
+
+
+def model_loss_terms(model: ModelNetworks, params, transition: agents.Transition, key):
+    """The three unweighted loss terms of one real transition: reward, continuation, next obs.
+
+    The next-observation term is 0 on a terminal transition: what the environment shows after
+    a terminal belongs to no continuation the rollouts will ever use.
+    """
+    obs, action = transition.obs, transition.action
+    reward_dist = model.reward.apply(params["reward"], obs, action)
+    termination_dist = model.termination.apply(params["termination"], obs, action)
+    _, next_obs_dist = model.next_obs.apply(params["next_obs"], obs, action, key)
+    obs_term = agents.observation_nll(next_obs_dist, transition.next_obs)
+    return {
+        "reward": agents.reward_nll(reward_dist, transition.reward),
+        "termination": agents.continuation_nll(termination_dist, transition.terminal),
+        "obs": jnp.where(transition.terminal, 0.0, obs_term),
+    }
+
+
+def model_loss(model: ModelNetworks, params, transitions: agents.Transition, key, hp):
+    """Weighted sum of the terms, mean over the batch. Returns (loss, mean of each term)."""
+    keys = jax.random.split(key, transitions.reward.shape[0])
+    terms = jax.vmap(model_loss_terms, in_axes=(None, None, 0, 0))(model, params, transitions, keys)
+    terms = jax.tree.map(jnp.mean, terms)
+    loss = (
+        hp["reward_weight"] * terms["reward"]
+        + hp["termination_weight"] * terms["termination"]
+        + hp["obs_prediction_weight"] * terms["obs"]
+    )
+    return loss, terms
+
+
+def model_step(model: ModelNetworks, learner: agents.Learner, transitions, key, hp):
+    """One AdamW step (`model_alpha`) of all model networks together. Returns (learner, terms)."""
+    params, opt_state, _, terms = agents.gradient_step(
+        lambda p: model_loss(model, p, transitions, key, hp),
+        learner.model_params,
+        learner.model_opt,
+        hp,
+        "model_alpha",
+    )
+    return learner._replace(model_params=params, model_opt=opt_state), terms
+
+
+def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> agents.QBatch:
+    """`rollout_length` steps of the learned model from one real observation; leading axis L.
+
+    Reward is the predicted mean and `c` the predicted probability of continuing. Episodic:
+    `w <- w * c_prev`, the model's belief that the rollout is still inside the episode.
+    Continuing: `w` = 1, and `c` too with `fixed_continuation_if_continuing` (by default the
+    reference keeps scaling gamma by the learned `c`, SPEC §12 Q7).
+    """
+    episodic = cfg["episodic_env"]
+    fixed_continuation = cfg["fixed_continuation_if_continuing"] and not episodic
+
+    def step(carry, step_key):
+        obs, weight, previous_continuation = carry
+        action_key, next_obs_key = jax.random.split(step_key)
+        if episodic:
+            weight = weight * previous_continuation
+        action = act(obs, action_key)
+        reward = model.reward.apply(params["reward"], obs, action)["mu"]
+        logit = model.termination.apply(params["termination"], obs, action)["logit"]
+        continuation = jnp.float32(1.0) if fixed_continuation else jax.nn.sigmoid(logit)
+        next_obs, _ = model.next_obs.apply(params["next_obs"], obs, action, next_obs_key)
+        transition = agents.QBatch(obs, action, reward, next_obs, continuation, weight)
+        return (next_obs, weight, continuation), transition
+
+    carry = (start_obs.astype(jnp.float32), jnp.float32(1.0), jnp.float32(1.0))
+    keys = jax.random.split(key, cfg["rollout_length"])
+    return jax.lax.scan(step, carry, keys)[1]
+
+
+def build_agent(cfg: dict, env) -> experiment.Agent:
+    q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
+    model = model_networks(cfg, env)
+    obs_size = experiment.observation_size(env)
+    replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
+    batch_size, length = cfg["batch_size"], cfg["rollout_length"]
+
+    def init(key):
+        q_key, model_key = jax.random.split(key)
+        q_params = q_net.init(q_key, jnp.zeros(obs_size))
+        model_params = init_model(model, model_key, obs_size)
+        learner = agents.Learner(
+            q_params,
+            q_params,
+            agents.init_optimizer(q_params),
+            model_params,
+            agents.init_optimizer(model_params),
+        )
+        return learner, replay.init()
+
+    def update(learner, buffer, key, hp):
+        sample_key, model_key, rollout_key = jax.random.split(key, 3)
+        transitions = replay.sample(buffer, sample_key, batch_size)
+        learner, _ = model_step(model, learner, transitions, model_key, hp)
+        # The rollouts read the model *after* this step, and Q before its own step (SPEC §8).
+
+        def act(obs, key):
+            q = q_net.apply(learner.q_params, obs)
+            return agents.select_action(q, key, cfg["exploration_strat"], hp)
+
+        rollouts = jax.vmap(lambda obs, k: rollout(model, learner.model_params, act, obs, k, cfg))(
+            transitions.obs, jax.random.split(rollout_key, batch_size)
+        )
+        batch = jax.tree.map(lambda x: x.reshape(batch_size * length, *x.shape[2:]), rollouts)
+        return agents.q_learning_step(q_net, learner, batch, hp, "Q_alpha", cfg["double_DQN"])
+
+    return experiment.Agent(
+        init=init,
+        q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
+        store=experiment.store_transition(replay),
+        update=update,
+        saved_params=experiment.saved_q_and_model_params,
+    )
+
+
+if __name__ == "__main__":
+    experiment.main("simple_model", build_agent)
