@@ -497,6 +497,18 @@ class LatentConfig(NamedTuple):
         return self.num_features
 
 
+def sample_categorical(key: jax.Array, probs: jax.Array) -> jax.Array:
+    """One category per row of `probs` ([..., W]) by inverting the CDF with one uniform per row.
+
+    The same distribution as `jax.random.categorical`, which draws W Gumbel variates per row:
+    with 32 x 32 latents the random bits were about half of the categorical agent's rollout time
+    on CPU. A category of probability 0 is never drawn; rounding at the top of the CDF is clipped.
+    """
+    u = jax.random.uniform(key, probs.shape[:-1] + (1,))
+    index = jnp.sum(jnp.cumsum(probs, axis=-1) < u, axis=-1)
+    return jnp.minimum(index, probs.shape[-1] - 1)
+
+
 def latent_head(h: jax.Array, latent: LatentConfig, key: jax.Array, min_std: float):
     """The output layer(s) of the encoder and the transition network, for one sample.
 
@@ -509,7 +521,7 @@ def latent_head(h: jax.Array, latent: LatentConfig, key: jax.Array, min_std: flo
     if latent.latent_type == "categorical":
         logits = hk.Linear(F * latent.feature_width)(h).reshape(F, latent.feature_width)
         probs, log_probs = jax.nn.softmax(logits), jax.nn.log_softmax(logits)
-        one_hot = jax.nn.one_hot(jax.random.categorical(key, logits), latent.feature_width)
+        one_hot = jax.nn.one_hot(sample_categorical(key, probs), latent.feature_width)
         sample = probs + jax.lax.stop_gradient(one_hot - probs)
         return sample.reshape(-1), {"probs": probs, "log_probs": log_probs}
     mu = hk.Linear(F)(h)

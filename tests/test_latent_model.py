@@ -217,9 +217,10 @@ def np_latent(params, name, x, latent_type, key, min_std):
     if latent_type == "categorical":
         logits = np_head(params, name, h, 1).reshape(3, 4)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        gumbel = np.asarray(jax.random.gumbel(key, (3, 4)), np.float64)
-        sample = np.eye(4)[np.argmax(logits + gumbel, -1)].ravel()
-        return sample, {"probs": np.exp(log_probs), "log_probs": log_probs}
+        probs = np.exp(log_probs)
+        u = np.asarray(jax.random.uniform(key, (3, 1)), np.float64)  # inverse-CDF draw
+        sample = np.eye(4)[np.minimum((np.cumsum(probs, -1) < u).sum(-1), 3)].ravel()
+        return sample, {"probs": probs, "log_probs": log_probs}
     mu = np_head(params, name, h, 1)
     sigma = np.maximum(np.logaddexp(0, np_head(params, name, h, 2)), 1e-6) + min_std
     sample = mu + sigma * np.asarray(jax.random.normal(key, (3,)), np.float64)
@@ -571,3 +572,18 @@ def test_learns_open_grid_better_than_random(tmp_path):
     final = float(np.mean(record["metrics"]["reward_rates"][-2:]))
     random_score = random_policy_score(raw, "latent_model")
     assert final > random_score + 2.0, (final, random_score)
+
+
+def test_sample_categorical_matches_the_probabilities():
+    probs = jnp.array([[0.5, 0.0, 0.3, 0.2], [0.05, 0.05, 0.0, 0.9]])
+    n = 40_000
+    draws = jax.jit(jax.vmap(lambda k: agents.sample_categorical(k, probs)))(
+        jax.random.split(jax.random.PRNGKey(0), n)
+    )
+    draws = np.asarray(draws)
+    for row in range(2):
+        counts = np.bincount(draws[:, row], minlength=4)
+        expected = n * np.asarray(probs[row])
+        tolerance = 5 * np.sqrt(n * np.asarray(probs[row]) * (1 - np.asarray(probs[row]))) + 1
+        assert np.all(np.abs(counts - expected) <= tolerance), (row, counts, expected)
+        assert counts[np.asarray(probs[row]) == 0].sum() == 0  # impossible categories never drawn
