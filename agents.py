@@ -189,6 +189,15 @@ class Learner(NamedTuple):
     model_opt: optax.OptState = None
 
 
+def new_learner(q_params: Params, model_params: Params = None) -> Learner:
+    """A learner at initialisation: target = online Q parameters, fresh AdamW states."""
+    if model_params is None:
+        return Learner(q_params, q_params, init_optimizer(q_params))
+    return Learner(
+        q_params, q_params, init_optimizer(q_params), model_params, init_optimizer(model_params)
+    )
+
+
 def q_learning_step(
     q_net: hk.Transformed,
     learner: Learner,

@@ -173,14 +173,7 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         q_key, model_key = jax.random.split(key)
         q_params = nets.q.init(q_key, jnp.zeros(latent_size))
         model_params = init_model_params(nets, model_key, latent_size, obs_size)
-        learner = agents.Learner(
-            q_params,
-            q_params,
-            agents.init_optimizer(q_params),
-            model_params,
-            agents.init_optimizer(model_params),
-        )
-        return learner, replay.init()
+        return agents.new_learner(q_params, model_params), replay.init()
 
     def q_values(learner, obs, key):
         phi, _ = nets.phi.apply(learner.model_params["phi"], obs, key)

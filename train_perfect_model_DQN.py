@@ -55,7 +55,7 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
 
     def init(key):
         q_params = q_net.init(key, jnp.zeros(obs_size))
-        learner = agents.Learner(q_params, q_params, agents.init_optimizer(q_params))
+        learner = agents.new_learner(q_params)
         return learner, states.init()
 
     def store(buffer, env_state, transition):

@@ -133,14 +133,7 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         q_key, model_key = jax.random.split(key)
         q_params = q_net.init(q_key, jnp.zeros(obs_size))
         model_params = init_model(model, model_key, obs_size)
-        learner = agents.Learner(
-            q_params,
-            q_params,
-            agents.init_optimizer(q_params),
-            model_params,
-            agents.init_optimizer(model_params),
-        )
-        return learner, replay.init()
+        return agents.new_learner(q_params, model_params), replay.init()
 
     def update(learner, buffer, key, hp):
         sample_key, model_key, rollout_key = jax.random.split(key, 3)

@@ -115,6 +115,15 @@ def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, outpu
     return process, prefix
 
 
+def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, output="run"):
+    """Validate `raw_config` and train in this process (no CLI). Returns (.out record, prefix)."""
+    cfg = experiment.validate_config(raw_config, agent_type)
+    cfg = {**cfg, "agent_type": agent_type, "seed": seed}
+    env = experiment.environments.make_environment(cfg["environment"], cfg["env_config"])
+    prefix = str(tmp_path / output)
+    return experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
+
+
 def load_pickle(path):
     with open(path, "rb") as f:
         return pickle.load(f)

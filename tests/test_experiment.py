@@ -11,7 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, random_policy_score, run_script, tiny_config
+from conftest import (
+    ROOT,
+    SCRIPTS,
+    load_pickle,
+    random_policy_score,
+    run_script,
+    tiny_config,
+    train_in_process,
+)
 
 import environments
 import experiment
@@ -258,12 +266,8 @@ def test_stale_observation_after_terminal_is_quirk_q1():
 # ------------------------------------------------------------------------------------------
 
 
-def train_in_process(raw, tmp_path, seed=0, output="run", agent_type="ER", build=None):
-    cfg = {**experiment.validate_config(raw, agent_type), "agent_type": agent_type, "seed": seed}
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    build = build or train_ER_DQN.build_agent
-    prefix = str(tmp_path / output)
-    return experiment.train(build(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
+def train_er(raw, tmp_path, seed=0, output="run"):
+    return train_in_process("ER", train_ER_DQN.build_agent, raw, tmp_path, seed, output)
 
 
 def test_cli_writes_out_and_params(tmp_path):
@@ -301,9 +305,9 @@ def test_outputs_load_without_jax(tmp_path):
 
 def test_same_seed_identical_different_seed_differs(tmp_path):
     raw = tiny_config("ER")
-    a, _ = train_in_process(raw, tmp_path, seed=0, output="a")
-    b, _ = train_in_process(raw, tmp_path, seed=0, output="b")
-    c, _ = train_in_process(raw, tmp_path, seed=1, output="c")
+    a, _ = train_er(raw, tmp_path, seed=0, output="a")
+    b, _ = train_er(raw, tmp_path, seed=0, output="b")
+    c, _ = train_er(raw, tmp_path, seed=1, output="c")
     rates = [np.stack(r["metrics"]["reward_rates"]) for r in (a, b, c)]
     np.testing.assert_array_equal(rates[0], rates[1])
     assert not np.array_equal(rates[0], rates[2])
@@ -314,7 +318,7 @@ def test_params_saved_on_schedule(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(experiment, "save_params", lambda *a: calls.append(a[0]))
     raw = tiny_config("ER", num_steps=400, save_frequency=100)
-    train_in_process(raw, tmp_path)
+    train_er(raw, tmp_path)
     # before chunks starting at 100, 200, 300 (100 steps accumulated each time), and at the end
     assert len(calls) == 4
 
@@ -368,7 +372,7 @@ def test_er_beats_a_random_policy(tmp_path):
         environment="OpenGrid",  # a fixed goal: learnable in a few thousand steps
         env_config={"grid_size": 4},
     )
-    record, _ = train_in_process(raw, tmp_path)
+    record, _ = train_er(raw, tmp_path)
     final = float(np.mean(record["metrics"]["reward_rates"][-1]))
     random_score = random_policy_score(raw)
     assert final > random_score + 3.0, (final, random_score)

@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, load_pickle, random_policy_score, run_script, tiny_config
+from conftest import (
+    ROOT,
+    load_pickle,
+    random_policy_score,
+    run_script,
+    tiny_config,
+    train_in_process,
+)
 
 import agents
 import environments
@@ -561,14 +568,7 @@ def test_learns_open_grid_better_than_random(tmp_path):
         eval_batch_size=32,
         save_params=False,
     )
-    cfg = experiment.validate_config(raw, "latent_model") | {
-        "agent_type": "latent_model",
-        "seed": 0,
-    }
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    record = experiment.train(
-        latent_dqn.build_agent(cfg, env), env, cfg, 0, str(tmp_path / "run"), quiet=True
-    )
+    record, _ = train_in_process("latent_model", latent_dqn.build_agent, raw, tmp_path)
     final = float(np.mean(record["metrics"]["reward_rates"][-2:]))
     random_score = random_policy_score(raw, "latent_model")
     assert final > random_score + 2.0, (final, random_score)

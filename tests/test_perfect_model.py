@@ -7,11 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_pickle, random_policy_score, run_script, tiny_config
+from conftest import load_pickle, random_policy_score, run_script, tiny_config, train_in_process
 
 import agents
 import environments
-import experiment
 import train_perfect_model_DQN as pm
 
 ENVIRONMENTS = {
@@ -225,12 +224,7 @@ def test_learns_to_beat_a_random_policy(tmp_path):
         eval_batch_size=16,
         save_params=False,
     )
-    cfg = experiment.validate_config(raw, "perfect_model") | {
-        "agent_type": "perfect_model",
-        "seed": 0,
-    }
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    record = experiment.train(pm.build_agent(cfg, env), env, cfg, 0, str(tmp_path / "pm"), True)
+    record, _ = train_in_process("perfect_model", pm.build_agent, raw, tmp_path)
     final = np.mean(record["metrics"]["reward_rates"][-2:])
     baseline = random_policy_score(raw, "perfect_model")
     # a random walk needs about 10 steps on this grid, the greedy policy about 3

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_pickle, random_policy_score, run_script, tiny_config
+from conftest import load_pickle, random_policy_score, run_script, tiny_config, train_in_process
 
 import agents
 import environments
@@ -321,12 +321,7 @@ def test_learns_to_beat_a_random_policy(tmp_path):
         eval_batch_size=16,
         save_params=False,
     )
-    cfg = experiment.validate_config(raw, "simple_model") | {
-        "agent_type": "simple_model",
-        "seed": 0,
-    }
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    record = experiment.train(sm.build_agent(cfg, env), env, cfg, 0, str(tmp_path / "sm"), True)
+    record, _ = train_in_process("simple_model", sm.build_agent, raw, tmp_path)
     final = np.mean(record["metrics"]["reward_rates"][-2:])
     baseline = random_policy_score(raw, "simple_model")
     # a random walk needs about 10 steps on this grid, the greedy policy about 3
