@@ -52,6 +52,24 @@ def _bernoulli(key: jax.Array, probability: float) -> jax.Array:
     return jax.random.uniform(key) < probability
 
 
+def _goal_reaching_step(key, player, goal, moved, probability: float, teleport: bool):
+    """The goal dynamics shared by ProcMaze and OpenGrid, once the move is known.
+
+    `terminal` is whether the player stood on the goal *before* moving, so the agent sees the
+    goal state and the episode ends on the following step; the reward is -1 on every step. Then,
+    with `probability` (its own subkey), the player is teleported onto the goal, or, without
+    `teleport`, the episode terminates instead. Returns (player, reward, terminal).
+    """
+    (key_spontaneous,) = jax.random.split(key, 1)
+    terminal = jnp.all(player == goal)
+    spontaneous = _bernoulli(key_spontaneous, probability)
+    if teleport:
+        moved = jnp.where(spontaneous, goal, moved)
+    else:
+        terminal = terminal | spontaneous
+    return moved, jnp.asarray(-1.0, jnp.float32), terminal
+
+
 def _tree_select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
@@ -201,17 +219,16 @@ class ProcMaze:
         return state, self.get_observation(state)
 
     def step(self, key: jax.Array, state: ProcMazeState, action: jax.Array):
-        (key_spontaneous,) = jax.random.split(key, 1)
-        # Terminal on the step *after* reaching the goal, so the agent sees the goal state.
-        terminal = jnp.all(state.player == state.goal)
-        reward = jnp.asarray(-1.0, jnp.float32)
         target = _clipped_move(state.player, action, self.grid_size)
-        player = jnp.where(state.walls[target[0], target[1]], state.player, target)
-        spontaneous = _bernoulli(key_spontaneous, self.spontaneous_probability)
-        if self.teleport_on_termination:
-            player = jnp.where(spontaneous, state.goal, player)
-        else:
-            terminal = terminal | spontaneous
+        moved = jnp.where(state.walls[target[0], target[1]], state.player, target)
+        player, reward, terminal = _goal_reaching_step(
+            key,
+            state.player,
+            state.goal,
+            moved,
+            self.spontaneous_probability,
+            self.teleport_on_termination,
+        )
         state = state._replace(player=player)
         return state, self.get_observation(state), reward, terminal, {}
 
@@ -275,15 +292,15 @@ class OpenGrid:
         return state, self.get_observation(state)
 
     def step(self, key: jax.Array, state: OpenGridState, action: jax.Array):
-        (key_spontaneous,) = jax.random.split(key, 1)
-        terminal = jnp.all(state.player == state.goal)
-        reward = jnp.asarray(-1.0, jnp.float32)
-        player = _clipped_move(state.player, action, self.grid_size)
-        spontaneous = _bernoulli(key_spontaneous, self.spontaneous_probability)
-        if self.teleport_on_termination:
-            player = jnp.where(spontaneous, state.goal, player)
-        else:
-            terminal = terminal | spontaneous
+        moved = _clipped_move(state.player, action, self.grid_size)
+        player, reward, terminal = _goal_reaching_step(
+            key,
+            state.player,
+            state.goal,
+            moved,
+            self.spontaneous_probability,
+            self.teleport_on_termination,
+        )
         state = state._replace(player=player)
         return state, self.get_observation(state), reward, terminal, {}
 
