@@ -8,6 +8,7 @@ as traced scalars in a dict `hp`, so a grid over them needs no recompilation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -399,18 +400,20 @@ class ReplayBuffer:
             return bits.reshape(stored.shape[:1] + spec.shape)
         return stored.astype(spec.dtype)
 
+    def _stored_row(self, spec) -> jax.ShapeDtypeStruct:
+        """Shape and dtype of one stored row of a leaf."""
+        return jax.eval_shape(lambda: self._encode(jnp.zeros(spec.shape, spec.dtype), spec))
+
     def stored_bytes(self) -> int:
         """Bytes of storage per seed."""
-        total = 0
-        for spec in self.specs:
-            shape = jax.eval_shape(lambda s=spec: self._encode(jnp.zeros(s.shape, s.dtype), s))
-            total += int(np.prod(shape.shape, dtype=int)) * jnp.dtype(shape.dtype).itemsize
-        return total * self.capacity
+        rows = [self._stored_row(spec) for spec in self.specs]
+        row_bytes = sum(math.prod(r.shape) * jnp.dtype(r.dtype).itemsize for r in rows)
+        return row_bytes * self.capacity
 
     def init(self) -> BufferState:
         storage = []
         for spec in self.specs:
-            row = jax.eval_shape(lambda s=spec: self._encode(jnp.zeros(s.shape, s.dtype), s))
+            row = self._stored_row(spec)
             storage.append(jnp.zeros((self.capacity, *row.shape), row.dtype))
         return BufferState(
             storage=jax.tree_util.tree_unflatten(self.treedef, storage),

@@ -70,7 +70,8 @@ def _goal_reaching_step(key, player, goal, moved, probability: float, teleport: 
     return moved, jnp.asarray(-1.0, jnp.float32), terminal
 
 
-def _tree_select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
+def tree_select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
+    """`on_true` where `condition`, else `on_false`, leaf by leaf (for state pytrees)."""
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
@@ -388,7 +389,7 @@ class ButtonGrid:
         # The reset's subkey is not the spontaneous event's. One fresh state serves both the
         # success reset and a spontaneous reset (when both happen, the result is one reset).
         fresh, _ = self.reset(key_reset)
-        state = _tree_select(replace, fresh, state)
+        state = tree_select(replace, fresh, state)
         return state, self.get_observation(state), reward, jnp.asarray(False), {}
 
     def get_observation(self, state: ButtonGridState) -> jax.Array:

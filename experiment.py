@@ -326,10 +326,6 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
-def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
-
-
 # --------------------------------------------------------------------------------------------
 # The loop of SPEC §9, written for one seed
 # --------------------------------------------------------------------------------------------
@@ -378,7 +374,7 @@ def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
     )
     # Q1: the reference keeps acting on the pre-reset observation after a terminal step.
     obs = jnp.where(terminal & cfg["fresh_obs_on_reset"], reset_obs, next_obs)
-    env_state = tree_select(terminal, reset_state, env_state)
+    env_state = environments.tree_select(terminal, reset_state, env_state)
     return TrainState(env_state, obs, learner, buffer, key), reward
 
 

@@ -9,6 +9,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +123,14 @@ def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, outp
     env = experiment.environments.make_environment(cfg["environment"], cfg["env_config"])
     prefix = str(tmp_path / output)
     return experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
+
+
+def final_and_random_scores(agent_type, build_agent, raw_config, tmp_path, last=1):
+    """Train in process; return (mean greedy score of the last `last` evaluations, the score
+    of a uniformly random policy under the same evaluation)."""
+    record, _ = train_in_process(agent_type, build_agent, raw_config, tmp_path)
+    final = float(np.mean(record["metrics"]["reward_rates"][-last:]))
+    return final, random_policy_score(raw_config, agent_type)
 
 
 def load_pickle(path):

@@ -14,8 +14,8 @@ import pytest
 from conftest import (
     ROOT,
     SCRIPTS,
+    final_and_random_scores,
     load_pickle,
-    random_policy_score,
     run_script,
     tiny_config,
     train_in_process,
@@ -372,7 +372,5 @@ def test_er_beats_a_random_policy(tmp_path):
         environment="OpenGrid",  # a fixed goal: learnable in a few thousand steps
         env_config={"grid_size": 4},
     )
-    record, _ = train_er(raw, tmp_path)
-    final = float(np.mean(record["metrics"]["reward_rates"][-1]))
-    random_score = random_policy_score(raw)
+    final, random_score = final_and_random_scores("ER", train_ER_DQN.build_agent, raw, tmp_path)
     assert final > random_score + 3.0, (final, random_score)

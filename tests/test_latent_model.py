@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 from conftest import (
     ROOT,
+    final_and_random_scores,
     load_pickle,
-    random_policy_score,
     run_script,
     tiny_config,
-    train_in_process,
 )
 
 import agents
@@ -568,9 +567,9 @@ def test_learns_open_grid_better_than_random(tmp_path):
         eval_batch_size=32,
         save_params=False,
     )
-    record, _ = train_in_process("latent_model", latent_dqn.build_agent, raw, tmp_path)
-    final = float(np.mean(record["metrics"]["reward_rates"][-2:]))
-    random_score = random_policy_score(raw, "latent_model")
+    final, random_score = final_and_random_scores(
+        "latent_model", latent_dqn.build_agent, raw, tmp_path, last=2
+    )
     assert final > random_score + 2.0, (final, random_score)
 
 

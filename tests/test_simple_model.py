@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import load_pickle, random_policy_score, run_script, tiny_config, train_in_process
+from conftest import (
+    final_and_random_scores,
+    load_pickle,
+    run_script,
+    tiny_config,
+)
 
 import agents
 import environments
@@ -321,8 +326,6 @@ def test_learns_to_beat_a_random_policy(tmp_path):
         eval_batch_size=16,
         save_params=False,
     )
-    record, _ = train_in_process("simple_model", sm.build_agent, raw, tmp_path)
-    final = np.mean(record["metrics"]["reward_rates"][-2:])
-    baseline = random_policy_score(raw, "simple_model")
+    final, baseline = final_and_random_scores("simple_model", sm.build_agent, raw, tmp_path, 2)
     # a random walk needs about 10 steps on this grid, the greedy policy about 3
     assert final > baseline + 4.0, (final, baseline)
