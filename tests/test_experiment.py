@@ -374,3 +374,37 @@ def test_er_beats_a_random_policy(tmp_path):
     )
     final, random_score = final_and_random_scores("ER", train_ER_DQN.build_agent, raw, tmp_path)
     assert final > random_score + 3.0, (final, random_score)
+
+
+# ------------------------------------------------------------------------------------------
+# XLA CPU flag
+# ------------------------------------------------------------------------------------------
+
+_FLAG_PROBE = (
+    "import os, experiment; from jax._src import xla_bridge; "
+    "print(os.environ['XLA_FLAGS']); print(len(xla_bridge._backends))"
+)
+
+
+@pytest.mark.parametrize(
+    "user_flags, expected",
+    [
+        ("", "--xla_cpu_experimental_ynn_fusion_type=dot"),
+        (
+            "--xla_cpu_experimental_ynn_fusion_type=eltwise",
+            "--xla_cpu_experimental_ynn_fusion_type=eltwise",
+        ),
+        (
+            "--xla_dump_to=/nowhere",
+            "--xla_dump_to=/nowhere --xla_cpu_experimental_ynn_fusion_type=dot",
+        ),
+    ],
+)
+def test_ynn_flag_set_before_the_backend_starts_and_user_value_wins(user_flags, expected):
+    env = {**os.environ, "XLA_FLAGS": user_flags}
+    done = subprocess.run(
+        [sys.executable, "-c", _FLAG_PROBE], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    flags, backends = done.stdout.split("\n")[:2]
+    assert flags == expected
+    assert backends == "0"  # importing computed nothing, so XLA has not read its flags yet
