@@ -337,7 +337,7 @@ class TrainState(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# The loop of SPEC §9, written for one seed
+# The loop of SPEC §9, written for one seed (resets batched over seeds, see `seeds_step`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -368,12 +368,12 @@ def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp) -> agent
 
 
 def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
-    """One environment step of SPEC §9 for one seed. Returns (state, reward)."""
+    """One environment step of SPEC §9 for one seed, up to the reset of an ended episode
+    (`start_new_episode`). Returns (state, reward, terminal, reset key)."""
     key, value_key, action_key, env_key, reset_key, update_key = jax.random.split(state.key, 6)
     q = agent.q_values(state.learner, state.obs, value_key)
     action = agents.select_action(q, action_key, cfg["exploration_strat"], hp)
     env_state, next_obs, reward, terminal, _ = env.step(env_key, state.env_state, action)
-    reset_state, reset_obs = env.reset(reset_key)
     transition = agents.Transition(state.obs, action, reward, next_obs, terminal)
     buffer = agent.store(state.buffer, state.env_state, transition)
     learner = jax.lax.cond(
@@ -382,21 +382,43 @@ def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
         lambda l: l,
         state.learner,
     )
+    return TrainState(env_state, next_obs, learner, buffer, key), reward, terminal, reset_key
+
+
+def start_new_episode(env, cfg: dict, state: TrainState, terminal, reset_key) -> TrainState:
+    """Reset one seed's environment if its episode just ended (`terminal`)."""
+    reset_state, reset_obs = env.reset(reset_key)
     # Q1: the reference keeps acting on the pre-reset observation after a terminal step.
-    obs = jnp.where(terminal & cfg["fresh_obs_on_reset"], reset_obs, next_obs)
-    env_state = environments.tree_select(terminal, reset_state, env_state)
-    return TrainState(env_state, obs, learner, buffer, key), reward
+    obs = jnp.where(terminal & cfg["fresh_obs_on_reset"], reset_obs, state.obs)
+    env_state = environments.tree_select(terminal, reset_state, state.env_state)
+    return state._replace(env_state=env_state, obs=obs)
 
 
-def run_chunk(agent: Agent, env, cfg: dict, state: TrainState, t0, train, hp):
-    """`eval_frequency` environment steps from time `t0`. Returns (state, summed reward)."""
+def seeds_step(agent: Agent, env, cfg: dict, states: TrainState, t, train, hp):
+    """One environment step of every seed (leading axis of `states`). Returns (states, rewards).
 
-    def body(state, t):
-        return env_step(agent, env, cfg, state, t, train, hp)
+    Resets run only on the steps where some seed's episode ended: written per seed, the reset
+    (for ProcMaze, generating a maze) would run for every seed on every step under `vmap`.
+    """
+    step = jax.vmap(lambda s: env_step(agent, env, cfg, s, t, train, hp))
+    states, rewards, terminal, reset_keys = step(states)
+    reset = jax.vmap(lambda s, done, k: start_new_episode(env, cfg, s, done, k))
+    states = jax.lax.cond(
+        jnp.any(terminal), reset, lambda s, done, k: s, states, terminal, reset_keys
+    )
+    return states, rewards
+
+
+def run_chunk(agent: Agent, env, cfg: dict, states: TrainState, t0, train, hp):
+    """`eval_frequency` environment steps of every seed from time `t0`.
+    Returns (states, summed reward per seed)."""
+
+    def body(states, t):
+        return seeds_step(agent, env, cfg, states, t, train, hp)
 
     times = t0 + jnp.arange(cfg["eval_frequency"], dtype=jnp.int32)
-    state, rewards = jax.lax.scan(body, state, times)
-    return state, rewards.sum()
+    states, rewards = jax.lax.scan(body, states, times)
+    return states, rewards.sum(axis=0)
 
 
 def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):
@@ -435,17 +457,17 @@ class CompiledRun(NamedTuple):
 
 
 def compile_run(agent: Agent, env, cfg: dict) -> CompiledRun:
-    def chunk(state, t0, train, hp):
-        return run_chunk(agent, env, cfg, state, t0, train, hp)
+    def chunk(states, t0, train, hp):
+        return run_chunk(agent, env, cfg, states, t0, train, hp)
 
     def score(learner, key, hp):
         return evaluate(agent, env, cfg, learner, key, hp)
 
     return CompiledRun(
         init=jax.jit(jax.vmap(lambda key: init_seed(agent, env, key))),
-        # t0, train and hp are shared by all seeds (in_axes None); the state is donated so the
-        # buffers are updated in place rather than copied every chunk.
-        chunk=jax.jit(jax.vmap(chunk, in_axes=(0, None, None, None)), donate_argnums=0),
+        # t0, train and hp are shared by all seeds; the states are donated so the buffers are
+        # updated in place rather than copied every chunk.
+        chunk=jax.jit(chunk, donate_argnums=0),
         evaluate=jax.jit(jax.vmap(score, in_axes=(0, 0, None))),
     )
 

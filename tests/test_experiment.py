@@ -239,8 +239,11 @@ def test_stale_observation_after_terminal_is_quirk_q1():
         agent = train_ER_DQN.build_agent(cfg, env)
         hp = experiment.traced_hyperparameters(cfg)
         state = experiment.init_seed(agent, env, jax.random.PRNGKey(3))
-        step = jax.jit(
-            lambda s, a=agent, e=env, c=cfg, h=hp: experiment.env_step(a, e, c, s, 0, False, h)
+        step = jax.jit(  # one seed, with its seed axis added and removed around `seeds_step`
+            lambda s, a=agent, e=env, c=cfg, h=hp: jax.tree.map(
+                lambda x: x[0],
+                experiment.seeds_step(a, e, c, jax.tree.map(lambda x: x[None], s), 0, False, h),
+            )
         )
         seen_terminal = False
         for _ in range(60):

@@ -1,0 +1,41 @@
+"""benchmark.py's arithmetic and table (the measurements themselves are not tests)."""
+
+import benchmark
+
+TINY = {"num_hidden_units": 10, "num_hidden_layers": 2, "batch_size": 4}
+
+
+def test_er_flops_per_step_counted_from_layer_sizes():
+    q = 2 * (6 * 10 + 10 * 10 + 10 * 3)  # one Q forward: obs 6 -> 10 -> 10 -> 3 actions
+    # acting (1 forward) + one update on 4 samples: forward+backward (3x) and the target (1x)
+    assert benchmark.flops_per_step("ER", TINY, obs_size=6, num_actions=3) == q + 4 * 4 * q
+    double = benchmark.flops_per_step("ER", {**TINY, "double_DQN": True}, 6, 3)
+    assert double == q + 4 * 5 * q
+    two_updates = benchmark.flops_per_step("ER", {**TINY, "updates_per_step": 2}, 6, 3)
+    assert two_updates == q + 2 * 4 * 4 * q
+
+
+def test_perfect_model_flops_add_the_rollout_forwards():
+    q = 2 * (6 * 10 + 10 * 10 + 10 * 3)
+    cfg = {**TINY, "rollout_length": 5}
+    assert benchmark.flops_per_step("perfect_model", cfg, 6, 3) == q + 4 * 5 * q + 4 * 5 * 4 * q
+
+
+def test_markdown_row_compares_with_the_reference():
+    result = {
+        "agent": "ER",
+        "seeds": 8,
+        "steps_per_s": 824.0,
+        "gflops": 100.0,
+        "roofline": 0.5,
+        "peak_rss_gb": 0.6,
+        "compile_s": 7.0,
+        "xla_compile_s": 5.5,
+        "second_launch_compile_s": 1.5,
+        "second_launch_xla_compile_s": 0.2,
+    }
+    table = benchmark.markdown([result], "header")
+    row = table.splitlines()[-1]
+    assert row.startswith("| ER | 8 | 824 | 412 | 2.00 |")
+    assert "| 7.0 (5.5) | 1.5 (0.2) | 15 |" in row
+    assert "| 0.60 | 1.5 |" in row  # peak RSS next to the reference's 1.5 GB at 8 seeds
