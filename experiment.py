@@ -25,19 +25,29 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import agents
 import environments
 
+
+def _default_xla_flag(flag: str, value) -> None:
+    """Add `flag=value` to XLA_FLAGS unless the user set that flag. XLA reads its flags when
+    its backend starts, at the first computation; importing these modules computes nothing."""
+    if flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}={value}".strip()
+
+
 # XLA's CPU backend hands both matrix products and element-wise fusions to YNNPACK by default.
 # For the small batched MLPs here the element-wise fusions are slower than XLA's own loops
 # (update time at 8 seeds: simple model -25%, Gaussian latent -25%, categorical latent -8%,
-# ER and perfect model unchanged; README "Performance"). XLA reads the flag when its backend
-# starts, at the first computation (importing these modules computes nothing); a value the
-# user set in XLA_FLAGS wins.
-_YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-if _YNN_FUSION_FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_YNN_FUSION_FLAG}=dot".strip()
+# ER and perfect model unchanged; README "Performance").
+_default_xla_flag("--xla_cpu_experimental_ynn_fusion_type", "dot")
+# One CPU device per core. The seed axis is sharded across them (`seed_sharding`), so each core
+# runs its own seeds' updates: one seed's matrix products (batch 32 in a rollout step) are too
+# small for XLA to split across cores, and seeds are independent. It changes no result (tested).
+CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+_default_xla_flag("--xla_force_host_platform_device_count", CPU_CORES or 1)
 
 # --------------------------------------------------------------------------------------------
 # Configuration: one table of every key (SPEC §2 and §12)
@@ -448,6 +458,14 @@ def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):
     return jnp.mean(jax.vmap(one_env)(jax.random.split(key, cfg["eval_batch_size"])))
 
 
+def seed_sharding(num_seeds: int, devices=None) -> NamedSharding:
+    """The seed axis split evenly over as many devices as divide `num_seeds` (at most all of
+    `devices`, by default the backend's: one per core on CPU, the GPUs on a GPU machine)."""
+    devices = jax.devices() if devices is None else list(devices)
+    count = max(n for n in range(1, min(len(devices), num_seeds) + 1) if num_seeds % n == 0)
+    return NamedSharding(Mesh(np.array(devices[:count]), ("seeds",)), PartitionSpec("seeds"))
+
+
 class CompiledRun(NamedTuple):
     """The three jitted functions of a run, each compiled once, all over the seed axis."""
 
@@ -456,19 +474,36 @@ class CompiledRun(NamedTuple):
     evaluate: Callable  # (learner, keys [S], hp) -> scores [S]
 
 
-def compile_run(agent: Agent, env, cfg: dict) -> CompiledRun:
+def compile_run(agent: Agent, env, cfg: dict, devices=None) -> CompiledRun:
+    """Seeds are independent, so each device runs its share of them (`seed_sharding`); the only
+    exchange between devices is whether any seed's episode ended this step (`seeds_step`)."""
+
     def chunk(states, t0, train, hp):
         return run_chunk(agent, env, cfg, states, t0, train, hp)
 
     def score(learner, key, hp):
         return evaluate(agent, env, cfg, learner, key, hp)
 
+    seeds = seed_sharding(cfg["num_seeds"], devices)
+    shared = NamedSharding(seeds.mesh, PartitionSpec())  # t0, train and hp: the same for all
     return CompiledRun(
-        init=jax.jit(jax.vmap(lambda key: init_seed(agent, env, key))),
-        # t0, train and hp are shared by all seeds; the states are donated so the buffers are
-        # updated in place rather than copied every chunk.
-        chunk=jax.jit(chunk, donate_argnums=0),
-        evaluate=jax.jit(jax.vmap(score, in_axes=(0, 0, None))),
+        init=jax.jit(
+            jax.vmap(lambda key: init_seed(agent, env, key)),
+            in_shardings=seeds,
+            out_shardings=seeds,
+        ),
+        # The states are donated so the buffers are updated in place, not copied every chunk.
+        chunk=jax.jit(
+            chunk,
+            in_shardings=(seeds, shared, shared, shared),
+            out_shardings=seeds,
+            donate_argnums=0,
+        ),
+        evaluate=jax.jit(
+            jax.vmap(score, in_axes=(0, 0, None)),
+            in_shardings=(seeds, seeds, shared),
+            out_shardings=seeds,
+        ),
     )
 
 
