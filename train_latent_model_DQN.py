@@ -139,13 +139,13 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
         )
         if fixed_continuation:  # Q7 switched off
             continuation = jnp.ones_like(continuation)
-        next_phi, _ = nets.next_phi.apply(model["next_phi"], phi, action, next_key)
+        next_phi, _ = nets.next_phi.apply(model["next_phi"], phi, action, next_key, one_hot=True)
         transition = agents.QBatch(phi, action, reward, next_phi, continuation, weight)
         return (next_phi, weight, continuation), transition
 
     def one_rollout(obs, key):
         encode_key, key = jax.random.split(key)
-        phi, _ = nets.phi.apply(model["phi"], obs, encode_key)
+        phi, _ = nets.phi.apply(model["phi"], obs, encode_key, one_hot=True)
         carry = (phi, jnp.float32(1.0), jnp.float32(1.0))
         return jax.lax.scan(one_step, carry, jax.random.split(key, cfg["rollout_length"]))[1]
 
@@ -176,7 +176,7 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         return agents.new_learner(q_params, model_params), replay.init()
 
     def q_values(learner, obs, key):
-        phi, _ = nets.phi.apply(learner.model_params["phi"], obs, key)
+        phi, _ = nets.phi.apply(learner.model_params["phi"], obs, key, one_hot=True)
         return nets.q.apply(learner.q_params, phi)
 
     def update(learner, buffer, key, hp):
