@@ -1,5 +1,6 @@
 """The shared run machinery: config validation, CLI, outputs, determinism, and ER end to end."""
 
+import functools
 import json
 import os
 import signal
@@ -229,6 +230,42 @@ def test_target_refreshed_every_target_update_frequency(er_run):
     before_refresh = online
     state = step(state, jnp.int32(50), True)  # refresh, then update: target = pre-update online
     np.testing.assert_array_equal(state.learner.q_target["q_function/linear"]["w"], before_refresh)
+
+
+def test_seed_sharding_splits_seeds_evenly_over_the_devices():
+    devices = jax.devices()
+    for seeds in (1, 2, 3, 4, 6, 30):
+        sharding = experiment.seed_sharding(seeds)
+        count = len(sharding.device_set)
+        assert seeds % count == 0 and count <= len(devices)
+        # no larger count of these devices divides the seeds
+        assert all(seeds % n for n in range(count + 1, min(seeds, len(devices)) + 1))
+    assert len(experiment.seed_sharding(7, devices[:1]).device_set) == 1
+
+
+@pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two devices (one per CPU core)")
+def test_sharding_seeds_over_devices_changes_results_only_by_rounding():
+    """Each device multiplies a different number of seeds' matrices at once, so the kernels may
+    round differently (1e-8 here); nothing else differs."""
+    raw = tiny_config("ER", num_seeds=4)
+    cfg = experiment.validate_config(raw, "ER")
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    agent = train_ER_DQN.build_agent(cfg, env)
+    hp = experiment.traced_hyperparameters(cfg)
+    keys = jax.random.split(jax.random.PRNGKey(5), 4)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:2]):
+        run = experiment.compile_run(agent, env, cfg, devices)
+        state = run.init(keys)
+        state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
+        state, rewards = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
+        assert len(state.learner.q_params["q_function/linear"]["w"].sharding.device_set) == len(
+            devices
+        )
+        scores = run.evaluate(state.learner, keys, hp)
+        results.append(jax.device_get((state.learner.q_params, state.obs, rewards, scores)))
+    check = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    jax.tree.map(check, *results)
 
 
 def test_stale_observation_after_terminal_is_quirk_q1():

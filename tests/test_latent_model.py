@@ -153,6 +153,47 @@ def test_straight_through_sample_is_one_hot_with_softmax_gradient():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_one_hot_sample_is_the_straight_through_sample_as_positions():
+    latent = agents.LatentConfig("categorical", 3, 4, "softplus", 0.0)
+    net = hk.without_apply_rng(
+        hk.transform(lambda x, key, one_hot: agents.latent_head(x, latent, key, 0.0, one_hot))
+    )
+    x = jnp.arange(5.0) / 5.0
+    params = net.init(jax.random.PRNGKey(1), x, jax.random.PRNGKey(0), False)
+    for seed in range(20):
+        key = jax.random.PRNGKey(seed)
+        dense, dist = net.apply(params, x, key, False)
+        positions, same_dist = net.apply(params, x, key, True)
+        assert isinstance(positions, agents.OneHot) and positions.size == 12
+        # one 1 per feature, inside that feature's block of W = 4
+        np.testing.assert_array_equal(np.asarray(positions.index) // 4, [0, 1, 2])
+        np.testing.assert_allclose(positions.dense(), dense, atol=1e-6)
+        np.testing.assert_array_equal(same_dist["probs"], dist["probs"])
+
+
+def test_one_hot_input_gives_the_dense_values_and_weight_gradients():
+    """A network reading a `OneHot` (after the action is appended, as the model heads do)
+    computes what it computes on the dense 0/1 vector, and so do the weight gradients."""
+    mlp = agents.MLPConfig(2, 16, "elu")
+    net = agents.reward_network(NUM_ACTIONS, mlp)
+    size, k, batch = 12, 3, 7
+    index = jax.random.randint(jax.random.PRNGKey(0), (batch, k), 0, 4) + jnp.arange(k) * 4
+    x = agents.OneHot(index, size)
+    action = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, NUM_ACTIONS)
+    params = net.init(jax.random.PRNGKey(2), jnp.zeros((batch, size)), action)
+    assert set(params) == {f"reward_function/linear{s}" for s in ("", "_1", "_2")}
+
+    def loss(params, x):
+        return jnp.sum(jnp.sin(net.apply(params, x, action)["mu"]))
+
+    np.testing.assert_allclose(
+        net.apply(params, x, action)["mu"], net.apply(params, x.dense(), action)["mu"], rtol=1e-5
+    )
+    sparse_grad, dense_grad = jax.grad(loss)(params, x), jax.grad(loss)(params, x.dense())
+    for a, b in zip(jax.tree.leaves(sparse_grad), jax.tree.leaves(dense_grad), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("latent_type", ["gaussian", "tanh_gaussian", "categorical"])
 def test_module_names_and_shapes(latent_type):
     cfg = latent_cfg(latent_type=latent_type, min_std=0.1)
