@@ -6,10 +6,10 @@
 Each (agent, seeds) point runs in a fresh subprocess (so peak memory is that point's own) on its
 shipped config with `eval_frequency` 250 and the shipped network, batch and buffer sizes. It
 reports:
-- compile: seconds to trace and compile the run's jitted functions with an empty persistent
-  cache, and again in a second process that finds them in the cache (a second launch); in
-  brackets the XLA part alone (`Lowered.compile`, a cache load on a second launch), the rest
-  being Python tracing and lowering, which no cache skips;
+- compile: seconds to trace, lower and compile the run's jitted functions with empty caches,
+  and again in a second process that finds them in the caches (a second launch: saved programs
+  instead of tracing and lowering, `experiment.SavedProgramJit`, and XLA's persistent cache); in
+  brackets the XLA part alone (`Lowered.compile`, a cache load on a second launch);
 - steps/s: environment steps per second summed over seeds, training on, after compilation
   (median over timed chunks, evaluation excluded);
 - GFLOP/s: matrix-multiply FLOPs per environment step, counted from the layer sizes by
@@ -153,7 +153,8 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     cfg = {**experiment.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = build_agent(cfg, env)
-    run = experiment.compile_run(agent, env, cfg)
+    # As `experiment.main`: saved programs beside XLA's cache, so a second launch loads both.
+    run = experiment.compile_run(agent, env, cfg, program_dir=os.path.join(cache_dir, "programs"))
     hp = experiment.traced_hyperparameters(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
 

@@ -468,6 +468,9 @@ class PanFlute:
 # Registry and validated construction
 # --------------------------------------------------------------------------------------------
 
+# Every environment's state type (the pytrees a saved program names, `experiment`).
+STATE_TYPES = (ProcMazeState, OpenGridState, ButtonGridState, PanFluteState)
+
 ENVIRONMENTS = {
     "ProcMaze": ProcMaze,
     "ButtonGrid": ButtonGrid,

@@ -10,7 +10,9 @@ values observations, what it stores and how it updates. Everything else lives he
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import hashlib
 import json
 import math
 import os
@@ -475,9 +477,15 @@ class CompiledRun(NamedTuple):
     evaluate: Callable  # (learner, keys [S], hp) -> scores [S]
 
 
-def compile_run(agent: Agent, env, cfg: dict, devices=None) -> CompiledRun:
+def compile_run(
+    agent: Agent, env, cfg: dict, devices=None, program_dir: str | None = None
+) -> CompiledRun:
     """Seeds are independent, so each device runs its share of them (`seed_sharding`); the only
-    exchange between devices is whether any seed's episode ended this step (`seeds_step`)."""
+    exchange between devices is whether any seed's episode ended this step (`seeds_step`).
+
+    With `program_dir`, each function's traced and lowered program is kept there
+    (`SavedProgramJit`), so a second launch of the same config skips tracing and lowering.
+    """
 
     def chunk(states, t0, train, hp):
         return run_chunk(agent, env, cfg, states, t0, train, hp)
@@ -487,25 +495,117 @@ def compile_run(agent: Agent, env, cfg: dict, devices=None) -> CompiledRun:
 
     seeds = seed_sharding(cfg["num_seeds"], devices)
     shared = NamedSharding(seeds.mesh, PartitionSpec())  # t0, train and hp: the same for all
-    return CompiledRun(
-        init=jax.jit(
+    functions = {
+        "init": (
             jax.vmap(lambda key: init_seed(agent, env, key)),
-            in_shardings=seeds,
-            out_shardings=seeds,
+            dict(in_shardings=seeds, out_shardings=seeds),
         ),
         # The states are donated so the buffers are updated in place, not copied every chunk.
-        chunk=jax.jit(
+        "chunk": (
             chunk,
-            in_shardings=(seeds, shared, shared, shared),
-            out_shardings=seeds,
-            donate_argnums=0,
+            dict(
+                in_shardings=(seeds, shared, shared, shared),
+                out_shardings=seeds,
+                donate_argnums=0,
+            ),
         ),
-        evaluate=jax.jit(
+        "evaluate": (
             jax.vmap(score, in_axes=(0, 0, None)),
-            in_shardings=(seeds, seeds, shared),
-            out_shardings=seeds,
+            dict(in_shardings=(seeds, seeds, shared), out_shardings=seeds),
         ),
+    }
+    if program_dir is None:
+        return CompiledRun(**{name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()})
+    run_key = program_key(cfg, seeds)
+    return CompiledRun(
+        **{
+            name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
+            for name, (fn, kw) in functions.items()
+        }
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Saved programs: a second launch of the same config skips tracing and lowering
+# --------------------------------------------------------------------------------------------
+
+_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def program_key(cfg: dict, sharding: NamedSharding) -> str:
+    """What the compiled functions depend on: the config (not the seed), this project's source
+    files, the JAX version and the devices."""
+    digest = hashlib.sha256()
+    run_cfg = {k: v for k, v in cfg.items() if k != "seed"}
+    digest.update(json.dumps(run_cfg, sort_keys=True, default=str).encode())
+    for name in sorted(os.listdir(_SOURCE_DIR)):
+        if name.endswith(".py"):
+            with open(os.path.join(_SOURCE_DIR, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    devices = [f"{d.platform}:{d.device_kind}" for d in sharding.mesh.devices.flat]
+    digest.update(f"{jax.__version__} {devices} {os.environ.get('XLA_FLAGS', '')}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _register_saved_pytrees() -> None:
+    """Name the pytree types that cross the compiled functions' boundary, so that `jax.export`
+    can save their structure."""
+    import optax
+
+    types = [
+        TrainState,
+        agents.Learner,
+        agents.BufferState,
+        agents.Transition,
+        optax.ScaleByAdamState,
+        optax.EmptyState,
+        *environments.STATE_TYPES,
+    ]
+    for cls in types:
+        name = f"model_generalization.{cls.__module__}.{cls.__qualname__}"
+        with contextlib.suppress(ValueError):  # already registered (a module imported twice)
+            jax.export.register_namedtuple_serialization(cls, serialized_name=name)
+
+
+class SavedProgramJit:
+    """`jax.jit(fn, **jit_kwargs)` whose traced and lowered program (StableHLO, through
+    `jax.export`) is saved beside `path_prefix` at its first call, and loaded instead of
+    tracing `fn` on a later launch. Tracing and lowering an agent is most of the start-up once
+    XLA's persistent cache holds the compiled code. One program per input signature."""
+
+    def __init__(self, fn: Callable, jit_kwargs: dict, path_prefix: str):
+        self.fn, self.jit_kwargs, self.path_prefix = fn, jit_kwargs, path_prefix
+        self.jitted: dict[str, Callable] = {}
+
+    def _jitted_for(self, args) -> Callable:
+        leaves, tree = jax.tree.flatten(args)
+        signature = str(tree) + str([(jnp.shape(x), jnp.result_type(x)) for x in leaves])
+        if signature not in self.jitted:
+            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+            exported = self._load_or_export(f"{self.path_prefix}-{digest}.jaxexport", args)
+            self.jitted[signature] = jax.jit(exported.call, **self.jit_kwargs)
+        return self.jitted[signature]
+
+    def _load_or_export(self, path: str, args):
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                return jax.export.deserialize(bytearray(f.read()))
+        exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, lambda f: f.write(exported.serialize()))
+        return exported
+
+    def __call__(self, *args):
+        return self._jitted_for(args)(*args)
+
+    def lower(self, *args):
+        return self._jitted_for(args).lower(*args)
+
+    def _cache_size(self) -> int:
+        return sum(f._cache_size() for f in self.jitted.values())
+
+
+_register_saved_pytrees()
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,14 +613,21 @@ def compile_run(agent: Agent, env, cfg: dict, devices=None) -> CompiledRun:
 # --------------------------------------------------------------------------------------------
 
 
-def write_pickle_atomic(path: str, obj: Any) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader (or a killed run) only
-    ever sees the old file or the complete new one."""
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomic(path: str, write: Callable[[Any], None]) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename: a reader (or a killed
+    run) only ever sees the old file or the complete new one."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
+        os.chmod(
+            tmp, 0o666 & ~_UMASK
+        )  # the permissions of an ordinary new file, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -528,6 +635,10 @@ def write_pickle_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_pickle_atomic(path: str, obj: Any) -> None:
+    write_atomic(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def per_seed_numpy(tree: Any, num_seeds: int) -> list:
@@ -562,9 +673,10 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def enable_compilation_cache() -> None:
+def enable_compilation_cache() -> str | None:
     """JAX's persistent compilation cache, on by default: a second launch of the same config
-    skips XLA compilation. `JAX_COMPILATION_CACHE_DIR` moves it; an empty value turns it off."""
+    skips XLA compilation. `JAX_COMPILATION_CACHE_DIR` moves it; an empty value turns it off.
+    Returns the directory for saved programs (`SavedProgramJit`) inside it, or None."""
     directory = os.environ.get(
         "JAX_COMPILATION_CACHE_DIR",
         os.path.join(os.path.expanduser("~"), ".cache", "model_generalization_jax"),
@@ -573,15 +685,26 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", directory)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        return os.path.join(directory, "programs")
+    return None
 
 
-def train(agent: Agent, env, cfg: dict, seed: int, output: str, quiet: bool = False) -> dict:
-    """The whole run; returns the `.out` record it wrote last."""
+def train(
+    agent: Agent,
+    env,
+    cfg: dict,
+    seed: int,
+    output: str,
+    quiet: bool = False,
+    program_dir: str | None = None,
+) -> dict:
+    """The whole run; returns the `.out` record it wrote last. `program_dir`: see
+    `compile_run`."""
     from tqdm import tqdm
 
     num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
     num_chunks = cfg["num_steps"] // chunk_steps
-    run = compile_run(agent, env, cfg)
+    run = compile_run(agent, env, cfg, program_dir=program_dir)
     hp = traced_hyperparameters(cfg)
     init_key, eval_key = jax.random.split(jax.random.PRNGKey(seed))
     state = run.init(jax.random.split(init_key, num_seeds))
@@ -622,10 +745,11 @@ def main(agent_type: str, build_agent: Callable[[dict, Any], Agent], argv=None) 
         print(f"{args.config}: config error: {error}", file=sys.stderr)
         sys.exit(2)
     cfg = {**cfg, "agent_type": agent_type, "seed": args.seed}
-    enable_compilation_cache()
+    program_dir = enable_compilation_cache()
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     start = time.time()
-    record = train(build_agent(cfg, env), env, cfg, args.seed, args.output, args.quiet)
+    agent = build_agent(cfg, env)
+    record = train(agent, env, cfg, args.seed, args.output, args.quiet, program_dir)
     if not args.quiet:
         steps = cfg["num_steps"] * cfg["num_seeds"]
         elapsed = time.time() - start

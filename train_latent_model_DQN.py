@@ -122,7 +122,11 @@ def model_loss(nets: Networks, cfg: dict, params, transitions: agents.Transition
 
 def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, hp):
     """Encode `start_obs` ([N, d]) with samples, then imagine `rollout_length` steps in latent
-    space with the current Q and the exploration policy. Returns the `N * L` transitions."""
+    space with the current Q and the exploration policy. Returns the `N * L` transitions.
+
+    No gradient reaches these latents, so categorical ones travel as `agents.OneHot` positions:
+    the networks reading them add weight rows instead of multiplying mostly-zero inputs.
+    """
     model = learner.model_params
     fixed_continuation = cfg["fixed_continuation_if_continuing"] and not cfg["episodic_env"]
 
@@ -175,7 +179,7 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         model_params = init_model_params(nets, model_key, latent_size, obs_size)
         return agents.new_learner(q_params, model_params), replay.init()
 
-    def q_values(learner, obs, key):
+    def q_values(learner, obs, key):  # acting and evaluation: Q of a sampled encoding
         phi, _ = nets.phi.apply(learner.model_params["phi"], obs, key, one_hot=True)
         return nets.q.apply(learner.q_params, phi)
 

@@ -268,6 +268,43 @@ def test_sharding_seeds_over_devices_changes_results_only_by_rounding():
     jax.tree.map(check, *results)
 
 
+def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
+    raw = tiny_config("ER", num_seeds=2)
+    cfg = {**experiment.validate_config(raw, "ER"), "agent_type": "ER", "seed": 0}
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    agent = train_ER_DQN.build_agent(cfg, env)
+    hp = experiment.traced_hyperparameters(cfg)
+    keys = jax.random.split(jax.random.PRNGKey(2), 2)
+
+    def one_run(run):
+        state = run.init(keys)
+        state, rewards = run.chunk(state, jnp.int32(0), jnp.bool_(True), hp)
+        scores = run.evaluate(state.learner, keys, hp)
+        return jax.device_get((state.learner.q_params, rewards, scores))
+
+    first = one_run(experiment.compile_run(agent, env, cfg, program_dir=str(tmp_path)))
+    saved = sorted(os.listdir(tmp_path))
+    assert [name.split("-")[0] for name in saved] == ["chunk", "evaluate", "init"]
+
+    def untraceable(*args):
+        raise AssertionError("traced instead of loaded")
+
+    # A second launch: the agent's functions are never called, the saved programs run.
+    blind = agent._replace(init=untraceable, q_values=untraceable, update=untraceable)
+    second = one_run(experiment.compile_run(blind, env, cfg, program_dir=str(tmp_path)))
+    assert sorted(os.listdir(tmp_path)) == saved
+    jax.tree.map(np.testing.assert_array_equal, first, second)
+
+
+def test_program_key_follows_the_config_but_not_the_seed():
+    cfg = {**experiment.validate_config(tiny_config("ER"), "ER"), "seed": 0}
+    sharding = experiment.seed_sharding(cfg["num_seeds"])
+    key = experiment.program_key(cfg, sharding)
+    assert experiment.program_key({**cfg, "seed": 7}, sharding) == key
+    assert experiment.program_key({**cfg, "batch_size": 7}, sharding) != key
+    assert experiment.program_key({**cfg, "softmax_temp": 0.5}, sharding) != key
+
+
 def test_stale_observation_after_terminal_is_quirk_q1():
     raw = tiny_config("ER", env_config={"grid_size": 2})
     for fresh in (False, True):
