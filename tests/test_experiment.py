@@ -463,25 +463,27 @@ _FLAG_PROBE = (
 )
 
 
+YNN, DEVICES = "--xla_cpu_experimental_ynn_fusion_type", "--xla_force_host_platform_device_count"
+
+
 @pytest.mark.parametrize(
     "user_flags, expected",
     [
-        ("", "--xla_cpu_experimental_ynn_fusion_type=dot"),
-        (
-            "--xla_cpu_experimental_ynn_fusion_type=eltwise",
-            "--xla_cpu_experimental_ynn_fusion_type=eltwise",
-        ),
+        ("", {YNN: "dot", DEVICES: str(experiment.CPU_CORES)}),
+        (f"{YNN}=eltwise", {YNN: "eltwise", DEVICES: str(experiment.CPU_CORES)}),
+        (f"{DEVICES}=1", {YNN: "dot", DEVICES: "1"}),
         (
             "--xla_dump_to=/nowhere",
-            "--xla_dump_to=/nowhere --xla_cpu_experimental_ynn_fusion_type=dot",
+            {"--xla_dump_to": "/nowhere", YNN: "dot", DEVICES: str(experiment.CPU_CORES)},
         ),
     ],
 )
-def test_ynn_flag_set_before_the_backend_starts_and_user_value_wins(user_flags, expected):
+def test_xla_flags_set_before_the_backend_starts_and_user_values_win(user_flags, expected):
     env = {**os.environ, "XLA_FLAGS": user_flags}
     done = subprocess.run(
         [sys.executable, "-c", _FLAG_PROBE], cwd=ROOT, env=env, capture_output=True, text=True
     )
     flags, backends = done.stdout.split("\n")[:2]
-    assert flags == expected
+    assert dict(flag.split("=", 1) for flag in flags.split()) == expected
+    assert flags.startswith(user_flags)  # the user's flags come first, untouched
     assert backends == "0"  # importing computed nothing, so XLA has not read its flags yet
