@@ -532,11 +532,17 @@ def compile_run(
 _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+# Keys read only by the Python loop of `train`, never inside a compiled function.
+HOST_ONLY_KEYS = frozenset(
+    {"seed", "num_steps", "training_start_time", "save_params", "save_frequency"}
+)
+
+
 def program_key(cfg: dict, sharding: NamedSharding) -> str:
-    """What the compiled functions depend on: the config (not the seed), this project's source
-    files, the JAX version and the devices."""
+    """What the compiled functions depend on: the config (less `HOST_ONLY_KEYS`), this
+    project's source files, the JAX version and the devices."""
     digest = hashlib.sha256()
-    run_cfg = {k: v for k, v in cfg.items() if k != "seed"}
+    run_cfg = {k: v for k, v in cfg.items() if k not in HOST_ONLY_KEYS}
     digest.update(json.dumps(run_cfg, sort_keys=True, default=str).encode())
     for name in sorted(os.listdir(_SOURCE_DIR)):
         if name.endswith(".py"):
@@ -588,8 +594,11 @@ class SavedProgramJit:
 
     def _load_or_export(self, path: str, args):
         if os.path.exists(path):
-            with open(path, "rb") as f:
-                return jax.export.deserialize(bytearray(f.read()))
+            try:
+                with open(path, "rb") as f:
+                    return jax.export.deserialize(bytearray(f.read()))
+            except Exception as error:  # unreadable: trace anew and replace it
+                print(f"{path}: not loaded ({error}); tracing anew", file=sys.stderr)
         exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomic(path, lambda f: f.write(exported.serialize()))

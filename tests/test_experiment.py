@@ -296,11 +296,12 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, first, second)
 
 
-def test_program_key_follows_the_config_but_not_the_seed():
+def test_program_key_follows_the_config_but_not_the_seed_or_run_length():
     cfg = {**experiment.validate_config(tiny_config("ER"), "ER"), "seed": 0}
     sharding = experiment.seed_sharding(cfg["num_seeds"])
     key = experiment.program_key(cfg, sharding)
-    assert experiment.program_key({**cfg, "seed": 7}, sharding) == key
+    for host_only in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}):
+        assert experiment.program_key({**cfg, **host_only}, sharding) == key
     assert experiment.program_key({**cfg, "batch_size": 7}, sharding) != key
     assert experiment.program_key({**cfg, "softmax_temp": 0.5}, sharding) != key
 
@@ -398,6 +399,15 @@ def test_params_saved_on_schedule(tmp_path, monkeypatch):
     train_er(raw, tmp_path)
     # before chunks starting at 100, 200, 300 (100 steps accumulated each time), and at the end
     assert len(calls) == 4
+
+
+def test_output_files_get_ordinary_permissions(tmp_path):
+    """Written through a temporary file, yet readable like any new file (not mkstemp's 0600)."""
+    path = tmp_path / "run.out"
+    experiment.write_pickle_atomic(str(path), {"metrics": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~experiment._UMASK
+    assert load_pickle(str(path)) == {"metrics": {}}
+    assert os.listdir(tmp_path) == ["run.out"]  # no temporary file left behind
 
 
 def test_killed_run_keeps_a_complete_out_file(tmp_path):
