@@ -539,10 +539,15 @@ HOST_ONLY_KEYS = frozenset(
 
 
 def program_key(cfg: dict, sharding: NamedSharding) -> str:
-    """What the compiled functions depend on: the config (less `HOST_ONLY_KEYS`), this
-    project's source files, the JAX version and the devices."""
+    """What the compiled functions depend on: the config less `HOST_ONLY_KEYS` and the traced
+    hyperparameters (arguments of the programs, so a grid over them shares one), this project's
+    source files, the JAX version, XLA's flags and the devices."""
     digest = hashlib.sha256()
-    run_cfg = {k: v for k, v in cfg.items() if k not in HOST_ONLY_KEYS}
+    run_cfg = {
+        k: v
+        for k, v in cfg.items()
+        if k not in HOST_ONLY_KEYS and not (k in SCHEMA and SCHEMA[k].traced)
+    }
     digest.update(json.dumps(run_cfg, sort_keys=True, default=str).encode())
     for name in sorted(os.listdir(_SOURCE_DIR)):
         if name.endswith(".py"):

@@ -296,14 +296,15 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, first, second)
 
 
-def test_program_key_follows_the_config_but_not_the_seed_or_run_length():
+def test_program_key_follows_the_compiled_part_of_the_config():
     cfg = {**experiment.validate_config(tiny_config("ER"), "ER"), "seed": 0}
     sharding = experiment.seed_sharding(cfg["num_seeds"])
     key = experiment.program_key(cfg, sharding)
-    for host_only in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}):
-        assert experiment.program_key({**cfg, **host_only}, sharding) == key
-    assert experiment.program_key({**cfg, "batch_size": 7}, sharding) != key
-    assert experiment.program_key({**cfg, "softmax_temp": 0.5}, sharding) != key
+    # read only by the Python loop, or traced (an argument of the programs)
+    for other in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}, {"gamma": 0.5}):
+        assert experiment.program_key({**cfg, **other}, sharding) == key
+    for other in ({"batch_size": 7}, {"double_DQN": True}, {"eval_frequency": 25}):
+        assert experiment.program_key({**cfg, **other}, sharding) != key
 
 
 def test_stale_observation_after_terminal_is_quirk_q1():
