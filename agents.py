@@ -223,10 +223,10 @@ def gradient_step(loss_fn, params, opt_state, hp: HParams, step_size_key: str):
 class QBatch(NamedTuple):
     """Transitions for one Q step; leading axis = batch."""
 
-    obs: jax.Array  # [N, d] observation (or latent) s_tm1
+    obs: Any  # [N, d] observation or latent s_tm1 (a categorical latent as a `OneHot`)
     action: jax.Array  # [N] int32 a_tm1
     reward: jax.Array  # [N] float32 r_t
-    next_obs: jax.Array  # [N, d] s_t
+    next_obs: Any  # [N, d] s_t, the same kind
     continuation: jax.Array  # [N] c_t: 0 terminal / 1 otherwise, or the model's probability
     weight: jax.Array  # [N] w: 0 after a rollout's first terminal transition, else 1
 
