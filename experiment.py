@@ -627,6 +627,7 @@ _register_saved_pytrees()
 # --------------------------------------------------------------------------------------------
 
 
+# The process's umask: reading it means setting it, so it is set back at once.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
@@ -637,9 +638,8 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
-        os.chmod(
-            tmp, 0o666 & ~_UMASK
-        )  # the permissions of an ordinary new file, not mkstemp's 0600
+        # The permissions of an ordinary new file, not mkstemp's 0600.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
