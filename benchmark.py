@@ -8,7 +8,7 @@ shipped config with `eval_frequency` 250 and the shipped network, batch and buff
 reports:
 - compile: seconds to trace, lower and compile the run's jitted functions with empty caches,
   and again in a second process that finds them in the caches (a second launch: saved programs
-  instead of tracing and lowering, `experiment.SavedProgramJit`, and XLA's persistent cache); in
+  instead of tracing and lowering, `saved_programs.SavedProgramJit`, and XLA's persistent cache); in
   brackets the XLA part alone (`Lowered.compile`, a cache load on a second launch);
 - steps/s: environment steps per second summed over seeds, training on, after compilation
   (median over timed chunks, evaluation excluded);
@@ -141,8 +141,10 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+    import compilation
+    import config
     import environments
-    import experiment
+    import loop
 
     module, config_path, agent_type = AGENT_CONFIGS[name]
     build_agent = importlib.import_module(module).build_agent
@@ -150,12 +152,12 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
         raw = json.load(f)
     raw.update(num_seeds=num_seeds, eval_frequency=250, num_steps=250 * (timed_chunks + 1))
     raw.update(training_start_time=0)
-    cfg = {**experiment.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
+    cfg = {**config.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = build_agent(cfg, env)
     # As `experiment.main`: saved programs beside XLA's cache, so a second launch loads both.
-    run = experiment.compile_run(agent, env, cfg, program_dir=os.path.join(cache_dir, "programs"))
-    hp = experiment.traced_hyperparameters(cfg)
+    run = compilation.compile_run(agent, env, cfg, program_dir=os.path.join(cache_dir, "programs"))
+    hp = config.traced_hyperparameters(cfg)
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
 
     start = time.perf_counter()
@@ -178,7 +180,7 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     assert np.all(np.isfinite(np.asarray(scores)))
     steps_per_second = 250 * num_seeds / float(np.median(times[1:]))
 
-    flops = flops_per_step(agent_type, cfg, experiment.observation_size(env), env.num_actions())
+    flops = flops_per_step(agent_type, cfg, loop.observation_size(env), env.num_actions())
     gflops = flops * steps_per_second / 1e9
     peak = matmul_gflops()
     device = jax.devices()[0]

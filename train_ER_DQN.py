@@ -8,11 +8,12 @@ import jax
 
 import agents
 import experiment
+import loop
 
 
-def build_agent(cfg: dict, env) -> experiment.Agent:
+def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = experiment.observation_size(env)
+    obs_size = loop.observation_size(env)
     replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
 
     def init(key):
@@ -24,12 +25,12 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         batch = agents.to_q_batch(replay.sample(buffer, key, cfg["batch_size"]))
         return agents.q_learning_step(q_net, learner, batch, hp, "alpha_adam", cfg["double_DQN"])
 
-    return experiment.Agent(
+    return loop.Agent(
         init=init,
         q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
-        store=experiment.store_transition(replay),
+        store=loop.store_transition(replay),
         update=update,
-        saved_params=experiment.saved_q_params,
+        saved_params=loop.saved_q_params,
     )
 
 

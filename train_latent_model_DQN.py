@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 import agents
 import experiment
+import loop
 
 
 class Networks(NamedTuple):
@@ -164,8 +165,8 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 # --------------------------------------------------------------------------------------------
 
 
-def build_agent(cfg: dict, env) -> experiment.Agent:
-    num_actions, obs_size = env.num_actions(), experiment.observation_size(env)
+def build_agent(cfg: dict, env) -> loop.Agent:
+    num_actions, obs_size = env.num_actions(), loop.observation_size(env)
     latent_size = agents.LatentConfig.from_config(cfg).size
     nets = build_networks(cfg, num_actions, obs_size)
     replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
@@ -201,12 +202,12 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         imagined = rollout(nets, cfg, learner, start_obs, rollout_key, hp)
         return agents.q_learning_step(nets.q, learner, imagined, hp, "Q_alpha", cfg["double_DQN"])
 
-    return experiment.Agent(
+    return loop.Agent(
         init=init,
         q_values=q_values,
-        store=experiment.store_transition(replay),
+        store=loop.store_transition(replay),
         update=update,
-        saved_params=experiment.saved_q_and_model_params,
+        saved_params=loop.saved_q_and_model_params,
     )
 
 

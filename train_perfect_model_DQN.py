@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 import agents
 import experiment
+import loop
 
 
 def state_buffer(env, capacity: int) -> agents.ReplayBuffer:
@@ -47,9 +48,9 @@ def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch
     return jax.lax.scan(step, carry, jax.random.split(key, length))[1]
 
 
-def build_agent(cfg: dict, env) -> experiment.Agent:
+def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = experiment.observation_size(env)
+    obs_size = loop.observation_size(env)
     states = state_buffer(env, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 
@@ -78,12 +79,12 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         # One gradient for the B*L transitions (the reference computes it twice, SPEC §12 Q4).
         return agents.q_learning_step(q_net, learner, batch, hp, "alpha_adam", cfg["double_DQN"])
 
-    return experiment.Agent(
+    return loop.Agent(
         init=init,
         q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
         store=store,
         update=update,
-        saved_params=experiment.saved_q_params,
+        saved_params=loop.saved_q_params,
     )
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 import agents
 import experiment
+import loop
 
 
 class ModelNetworks(NamedTuple):
@@ -30,7 +31,7 @@ class ModelNetworks(NamedTuple):
 
 def model_networks(cfg: dict, env) -> ModelNetworks:
     num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
-    obs_size = experiment.observation_size(env)
+    obs_size = loop.observation_size(env)
     return ModelNetworks(
         reward=agents.reward_network(num_actions, mlp),
         termination=agents.termination_network(num_actions, mlp),
@@ -122,10 +123,10 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
     return jax.lax.scan(step, carry, keys)[1]
 
 
-def build_agent(cfg: dict, env) -> experiment.Agent:
+def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
-    obs_size = experiment.observation_size(env)
+    obs_size = loop.observation_size(env)
     replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 
@@ -151,12 +152,12 @@ def build_agent(cfg: dict, env) -> experiment.Agent:
         batch = jax.tree.map(lambda x: x.reshape(batch_size * length, *x.shape[2:]), rollouts)
         return agents.q_learning_step(q_net, learner, batch, hp, "Q_alpha", cfg["double_DQN"])
 
-    return experiment.Agent(
+    return loop.Agent(
         init=init,
         q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
-        store=experiment.store_transition(replay),
+        store=loop.store_transition(replay),
         update=update,
-        saved_params=experiment.saved_q_and_model_params,
+        saved_params=loop.saved_q_and_model_params,
     )
 
 

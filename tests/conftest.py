@@ -15,7 +15,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import config  # noqa: E402
+import environments  # noqa: E402
 import experiment  # noqa: E402
+import loop  # noqa: E402
 
 # The shipped hyperparameters of SPEC §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
 BASE = {
@@ -118,9 +121,9 @@ def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, outpu
 
 def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, output="run"):
     """Validate `raw_config` and train in this process (no CLI). Returns (.out record, prefix)."""
-    cfg = experiment.validate_config(raw_config, agent_type)
+    cfg = config.validate_config(raw_config, agent_type)
     cfg = {**cfg, "agent_type": agent_type, "seed": seed}
-    env = experiment.environments.make_environment(cfg["environment"], cfg["env_config"])
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
     prefix = str(tmp_path / output)
     return experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
 
@@ -140,10 +143,10 @@ def load_pickle(path):
 
 def random_policy_score(raw_config: dict, agent_type: str = "ER", seed: int = 0) -> float:
     """Mean greedy-evaluation score (SPEC §9) of a uniformly random policy, for comparison."""
-    cfg = experiment.validate_config(raw_config, agent_type)
-    env = experiment.environments.make_environment(cfg["environment"], cfg["env_config"])
+    cfg = config.validate_config(raw_config, agent_type)
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
     num_actions = env.num_actions()
-    random_agent = experiment.Agent(
+    random_agent = loop.Agent(
         init=None,
         # argmax of i.i.d. normal values is a uniformly random action
         q_values=lambda learner, obs, key: jax.random.normal(key, (num_actions,)),
@@ -152,7 +155,7 @@ def random_policy_score(raw_config: dict, agent_type: str = "ER", seed: int = 0)
         saved_params=None,
     )
     keys = jax.random.split(jax.random.PRNGKey(seed), 16)
-    scores = jax.vmap(lambda k: experiment.evaluate(random_agent, env, cfg, None, k, {}))(keys)
+    scores = jax.vmap(lambda k: loop.evaluate(random_agent, env, cfg, None, k, {}))(keys)
     return float(jnp.mean(scores))
 
 

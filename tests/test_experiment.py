@@ -22,8 +22,13 @@ from conftest import (
     train_in_process,
 )
 
+import compilation
+import config
 import environments
 import experiment
+import loop
+import outputs
+import saved_programs
 import train_ER_DQN
 
 # ------------------------------------------------------------------------------------------
@@ -32,8 +37,8 @@ import train_ER_DQN
 
 
 def config_error(raw, agent_type="ER") -> str:
-    with pytest.raises(experiment.ConfigError) as info:
-        experiment.validate_config(raw, agent_type)
+    with pytest.raises(config.ConfigError) as info:
+        config.validate_config(raw, agent_type)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -50,7 +55,7 @@ def test_shipped_configs_validate():
         path = os.path.join(ROOT, "configs", f"{name}.json")
         if not os.path.exists(path):
             pytest.skip(f"{path} not written yet")
-        cfg = experiment.load_config(path, agent_type)
+        cfg = config.load_config(path, agent_type)
         assert cfg["num_seeds"] == 30 and cfg["num_steps"] == 1_000_000
         assert cfg["env_config"] == {"grid_size": 4} and cfg["episodic_env"] is True
 
@@ -59,7 +64,7 @@ def test_defaults_filled_in():
     raw = tiny_config("ER")
     for key in ("save_params", "double_DQN", "updates_per_step", "episodic_env"):
         raw.pop(key, None)
-    cfg = experiment.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, "ER")
     assert cfg["save_params"] is True
     assert cfg["double_DQN"] is False
     assert cfg["updates_per_step"] == 1
@@ -122,8 +127,8 @@ def test_env_config_errors_name_the_key():
 
 
 def test_traced_hyperparameters_are_the_float_keys():
-    cfg = experiment.validate_config(tiny_config("ER"), "ER")
-    hp = experiment.traced_hyperparameters(cfg)
+    cfg = config.validate_config(tiny_config("ER"), "ER")
+    hp = config.traced_hyperparameters(cfg)
     assert set(hp) == {
         "alpha_adam",
         "b1_adam",
@@ -162,7 +167,7 @@ def test_cli_unreadable_config_exits_2(tmp_path):
 def test_every_key_is_documented_in_the_readme():
     with open(os.path.join(ROOT, "README.md")) as f:
         readme = f.read()
-    missing = [key for key in experiment.SCHEMA if f"`{key}`" not in readme]
+    missing = [key for key in config.SCHEMA if f"`{key}`" not in readme]
     assert not missing
 
 
@@ -174,15 +179,15 @@ def test_every_key_is_documented_in_the_readme():
 @pytest.fixture(scope="module")
 def er_run():
     raw = tiny_config("ER", num_seeds=3)
-    cfg = experiment.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, "ER")
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
-    return agent, env, cfg, experiment.compile_run(agent, env, cfg)
+    return agent, env, cfg, compilation.compile_run(agent, env, cfg)
 
 
 def test_chunk_compiles_once_for_train_flag_times_and_hyperparameters(er_run):
     _, _, cfg, run = er_run
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
     state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
     state, _ = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
@@ -193,7 +198,7 @@ def test_chunk_compiles_once_for_train_flag_times_and_hyperparameters(er_run):
 
 def test_train_flag_off_leaves_parameters_alone(er_run):
     _, _, cfg, run = er_run
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     state = run.init(jax.random.split(jax.random.PRNGKey(1), cfg["num_seeds"]))
     before = jax.tree_util.tree_map(np.asarray, state.learner.q_params)
     state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
@@ -218,9 +223,9 @@ def test_seed_axis_entries_differ(er_run):
 
 def test_target_refreshed_every_target_update_frequency(er_run):
     agent, env, cfg, _ = er_run
-    hp = experiment.traced_hyperparameters(cfg)
-    state = experiment.init_seed(agent, env, jax.random.PRNGKey(0))
-    step = jax.jit(lambda s, t, train: experiment.env_step(agent, env, cfg, s, t, train, hp)[0])
+    hp = config.traced_hyperparameters(cfg)
+    state = loop.init_seed(agent, env, jax.random.PRNGKey(0))
+    step = jax.jit(lambda s, t, train: loop.env_step(agent, env, cfg, s, t, train, hp)[0])
     for _ in range(40):  # fill the buffer a little
         state = step(state, jnp.int32(1), False)
     state = step(state, jnp.int32(1), True)  # t % 50 != 0: target stays at the initial parameters
@@ -235,12 +240,12 @@ def test_target_refreshed_every_target_update_frequency(er_run):
 def test_seed_sharding_splits_seeds_evenly_over_the_devices():
     devices = jax.devices()
     for seeds in (1, 2, 3, 4, 6, 30):
-        sharding = experiment.seed_sharding(seeds)
+        sharding = compilation.seed_sharding(seeds)
         count = len(sharding.device_set)
         assert seeds % count == 0 and count <= len(devices)
         # no larger count of these devices divides the seeds
         assert all(seeds % n for n in range(count + 1, min(seeds, len(devices)) + 1))
-    assert len(experiment.seed_sharding(7, devices[:1]).device_set) == 1
+    assert len(compilation.seed_sharding(7, devices[:1]).device_set) == 1
 
 
 @pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two devices (one per CPU core)")
@@ -248,14 +253,14 @@ def test_sharding_seeds_over_devices_changes_results_only_by_rounding():
     """Each device multiplies a different number of seeds' matrices at once, so the kernels may
     round differently (1e-8 here); nothing else differs."""
     raw = tiny_config("ER", num_seeds=4)
-    cfg = experiment.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, "ER")
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     keys = jax.random.split(jax.random.PRNGKey(5), 4)
     results = []
     for devices in (jax.devices()[:1], jax.devices()[:2]):
-        run = experiment.compile_run(agent, env, cfg, devices)
+        run = compilation.compile_run(agent, env, cfg, devices)
         state = run.init(keys)
         state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
         state, rewards = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
@@ -270,10 +275,10 @@ def test_sharding_seeds_over_devices_changes_results_only_by_rounding():
 
 def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     raw = tiny_config("ER", num_seeds=2)
-    cfg = {**experiment.validate_config(raw, "ER"), "agent_type": "ER", "seed": 0}
+    cfg = {**config.validate_config(raw, "ER"), "agent_type": "ER", "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     keys = jax.random.split(jax.random.PRNGKey(2), 2)
 
     def one_run(run):
@@ -282,7 +287,7 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
         scores = run.evaluate(state.learner, keys, hp)
         return jax.device_get((state.learner.q_params, rewards, scores))
 
-    first = one_run(experiment.compile_run(agent, env, cfg, program_dir=str(tmp_path)))
+    first = one_run(compilation.compile_run(agent, env, cfg, program_dir=str(tmp_path)))
     saved = sorted(os.listdir(tmp_path))
     assert [name.split("-")[0] for name in saved] == ["chunk", "evaluate", "init"]
 
@@ -291,34 +296,34 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
 
     # A second launch: the agent's functions are never called, the saved programs run.
     blind = agent._replace(init=untraceable, q_values=untraceable, update=untraceable)
-    second = one_run(experiment.compile_run(blind, env, cfg, program_dir=str(tmp_path)))
+    second = one_run(compilation.compile_run(blind, env, cfg, program_dir=str(tmp_path)))
     assert sorted(os.listdir(tmp_path)) == saved
     jax.tree.map(np.testing.assert_array_equal, first, second)
 
 
 def test_program_key_follows_the_compiled_part_of_the_config():
-    cfg = {**experiment.validate_config(tiny_config("ER"), "ER"), "seed": 0}
-    sharding = experiment.seed_sharding(cfg["num_seeds"])
-    key = experiment.program_key(cfg, sharding)
+    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
+    sharding = compilation.seed_sharding(cfg["num_seeds"])
+    key = saved_programs.program_key(cfg, sharding)
     # read only by the Python loop, or traced (an argument of the programs)
     for other in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}, {"gamma": 0.5}):
-        assert experiment.program_key({**cfg, **other}, sharding) == key
+        assert saved_programs.program_key({**cfg, **other}, sharding) == key
     for other in ({"batch_size": 7}, {"double_DQN": True}, {"eval_frequency": 25}):
-        assert experiment.program_key({**cfg, **other}, sharding) != key
+        assert saved_programs.program_key({**cfg, **other}, sharding) != key
 
 
 def test_stale_observation_after_terminal_is_quirk_q1():
     raw = tiny_config("ER", env_config={"grid_size": 2})
     for fresh in (False, True):
-        cfg = experiment.validate_config({**raw, "fresh_obs_on_reset": fresh}, "ER")
+        cfg = config.validate_config({**raw, "fresh_obs_on_reset": fresh}, "ER")
         env = environments.make_environment(cfg["environment"], cfg["env_config"])
         agent = train_ER_DQN.build_agent(cfg, env)
-        hp = experiment.traced_hyperparameters(cfg)
-        state = experiment.init_seed(agent, env, jax.random.PRNGKey(3))
+        hp = config.traced_hyperparameters(cfg)
+        state = loop.init_seed(agent, env, jax.random.PRNGKey(3))
         step = jax.jit(  # one seed, with its seed axis added and removed around `seeds_step`
             lambda s, a=agent, e=env, c=cfg, h=hp: jax.tree.map(
                 lambda x: x[0],
-                experiment.seeds_step(a, e, c, jax.tree.map(lambda x: x[None], s), 0, False, h),
+                loop.seeds_step(a, e, c, jax.tree.map(lambda x: x[None], s), 0, False, h),
             )
         )
         seen_terminal = False
@@ -405,8 +410,8 @@ def test_params_saved_on_schedule(tmp_path, monkeypatch):
 def test_output_files_get_ordinary_permissions(tmp_path):
     """Written through a temporary file, yet readable like any new file (not mkstemp's 0600)."""
     path = tmp_path / "run.out"
-    experiment.write_pickle_atomic(str(path), {"metrics": {}})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~experiment._UMASK
+    outputs.write_pickle_atomic(str(path), {"metrics": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~outputs._UMASK
     assert load_pickle(str(path)) == {"metrics": {}}
     assert os.listdir(tmp_path) == ["run.out"]  # no temporary file left behind
 
@@ -480,12 +485,12 @@ YNN, DEVICES = "--xla_cpu_experimental_ynn_fusion_type", "--xla_force_host_platf
 @pytest.mark.parametrize(
     "user_flags, expected",
     [
-        ("", {YNN: "dot", DEVICES: str(experiment.CPU_CORES)}),
-        (f"{YNN}=eltwise", {YNN: "eltwise", DEVICES: str(experiment.CPU_CORES)}),
+        ("", {YNN: "dot", DEVICES: str(compilation.CPU_CORES)}),
+        (f"{YNN}=eltwise", {YNN: "eltwise", DEVICES: str(compilation.CPU_CORES)}),
         (f"{DEVICES}=1", {YNN: "dot", DEVICES: "1"}),
         (
             "--xla_dump_to=/nowhere",
-            {"--xla_dump_to": "/nowhere", YNN: "dot", DEVICES: str(experiment.CPU_CORES)},
+            {"--xla_dump_to": "/nowhere", YNN: "dot", DEVICES: str(compilation.CPU_CORES)},
         ),
     ],
 )

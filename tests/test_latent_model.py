@@ -23,8 +23,8 @@ from conftest import (
 )
 
 import agents
+import config
 import environments
-import experiment
 import train_latent_model_DQN as latent_dqn
 
 NUM_ACTIONS, OBS_SIZE = 3, 6
@@ -40,7 +40,7 @@ WEIGHTS = {
 
 def latent_cfg(**overrides) -> dict:
     raw = tiny_config("latent_model", num_features=3, feature_width=4, **WEIGHTS, **overrides)
-    return experiment.validate_config(raw, "latent_model")
+    return config.validate_config(raw, "latent_model")
 
 
 def init_model(cfg, seed=0):
@@ -343,7 +343,7 @@ def test_model_loss_on_hand_built_batch_matches_numpy(latent_type, reconstruct_t
     cfg = latent_cfg(latent_type=latent_type, reconstruct_terminal_obs=reconstruct_terminal_obs)
     nets, params = init_model(cfg, seed=3)
     batch, key = hand_built_batch(), jax.random.PRNGKey(7)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     loss, terms = latent_dqn.model_loss(nets, cfg, params, batch, key, hp)
     expected = np_model_loss(params, batch, key, latent_type, reconstruct_terminal_obs)
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5)
@@ -399,7 +399,7 @@ def test_kl_terms_train_their_own_network(latent_type):
 def test_model_loss_falls_on_a_fixed_batch():
     cfg = latent_cfg(latent_type="categorical", model_alpha=3e-3)
     nets, params = init_model(cfg, seed=5)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     rng = np.random.default_rng(2)
     batch = agents.Transition(
         obs=jnp.asarray(rng.random((8, OBS_SIZE)) < 0.5),
@@ -451,7 +451,7 @@ def test_rollout_weights_and_continuations(episodic, fixed):
         latent_type="gaussian", episodic_env=episodic, fixed_continuation_if_continuing=fixed
     )
     nets, learner = make_learner(cfg)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     start = jnp.asarray(np.random.default_rng(3).random((5, OBS_SIZE)) < 0.5)
     out = latent_dqn.rollout(nets, cfg, learner, start, jax.random.PRNGKey(0), hp)
     B, L = 5, cfg["rollout_length"]

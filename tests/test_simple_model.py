@@ -16,8 +16,8 @@ from conftest import (
 )
 
 import agents
+import config
 import environments
-import experiment
 import train_simple_model_DQN as sm
 
 REWARD_MEAN, CONTINUE_LOGIT = 0.5, 0.3
@@ -31,7 +31,7 @@ def make_cfg(**overrides) -> dict:
         env_config={"num_pipes": 2},
         episodic_env=False,
     )
-    return experiment.validate_config({**raw, **overrides}, "simple_model")
+    return config.validate_config({**raw, **overrides}, "simple_model")
 
 
 def make_model(cfg):
@@ -97,7 +97,7 @@ def test_model_loss_matches_a_hand_computed_batch(binary_obs):
     cfg = make_cfg(binary_obs=binary_obs, **WEIGHTS)
     env, model = make_model(cfg)
     params = constant_params(model, env.observation_size, OBS_HEAD)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     loss, terms = sm.model_loss(model, params, BATCH, jax.random.PRNGKey(0), hp)
     expected = expected_terms(binary_obs)
     for name in ("reward", "termination", "obs"):
@@ -228,7 +228,7 @@ def panflute_transitions(env, key, n: int) -> agents.Transition:
 def test_the_model_learns_a_fixed_batch_of_panflute_transitions():
     cfg = make_cfg(env_config={"num_pipes": 5}, model_alpha=3e-3)
     env, model = make_model(cfg)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     transitions = panflute_transitions(env, jax.random.PRNGKey(0), 64)
     params = sm.init_model(model, jax.random.PRNGKey(1), env.observation_size)
     learner = agents.Learner(None, None, None, params, agents.init_optimizer(params))
@@ -255,7 +255,7 @@ def test_one_update_takes_one_model_step_and_one_q_step():
     cfg = make_cfg()
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = sm.build_agent(cfg, env)
-    hp = experiment.traced_hyperparameters(cfg)
+    hp = config.traced_hyperparameters(cfg)
     learner, buffer = agent.init(jax.random.PRNGKey(0))
     transitions = panflute_transitions(env, jax.random.PRNGKey(1), 16)
     for i in range(16):

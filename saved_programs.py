@@ -1,0 +1,117 @@
+"""Saved programs: a second launch of the same config skips tracing and lowering.
+
+`SavedProgramJit` keeps each jitted function's traced and lowered program (StableHLO, through
+`jax.export`) on disk under a key of everything the program depends on (`program_key`); XLA's
+persistent cache then supplies the compiled code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+
+import agents
+import environments
+import loop
+from config import SCHEMA
+from outputs import write_atomic
+
+_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# Keys read only by the Python loop of `train`, never inside a compiled function.
+HOST_ONLY_KEYS = frozenset(
+    {"seed", "num_steps", "training_start_time", "save_params", "save_frequency"}
+)
+
+
+def program_key(cfg: dict, sharding: NamedSharding) -> str:
+    """What the compiled functions depend on: the config less `HOST_ONLY_KEYS` and the traced
+    hyperparameters (arguments of the programs, so a grid over them shares one), this project's
+    source files, the JAX version, XLA's flags and the devices."""
+    digest = hashlib.sha256()
+    run_cfg = {
+        k: v
+        for k, v in cfg.items()
+        if k not in HOST_ONLY_KEYS and not (k in SCHEMA and SCHEMA[k].traced)
+    }
+    digest.update(json.dumps(run_cfg, sort_keys=True, default=str).encode())
+    for name in sorted(os.listdir(_SOURCE_DIR)):
+        if name.endswith(".py"):
+            with open(os.path.join(_SOURCE_DIR, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    devices = [f"{d.platform}:{d.device_kind}" for d in sharding.mesh.devices.flat]
+    digest.update(f"{jax.__version__} {devices} {os.environ.get('XLA_FLAGS', '')}".encode())
+    return digest.hexdigest()[:24]
+
+
+def _register_saved_pytrees() -> None:
+    """Name the pytree types that cross the compiled functions' boundary, so that `jax.export`
+    can save their structure."""
+    import optax
+
+    types = [
+        loop.TrainState,
+        agents.Learner,
+        agents.BufferState,
+        agents.Transition,
+        optax.ScaleByAdamState,
+        optax.EmptyState,
+        *environments.STATE_TYPES,
+    ]
+    for cls in types:
+        name = f"model_generalization.{cls.__module__}.{cls.__qualname__}"
+        with contextlib.suppress(ValueError):  # already registered (a module imported twice)
+            jax.export.register_namedtuple_serialization(cls, serialized_name=name)
+
+
+class SavedProgramJit:
+    """`jax.jit(fn, **jit_kwargs)` whose traced and lowered program (StableHLO, through
+    `jax.export`) is saved beside `path_prefix` at its first call, and loaded instead of
+    tracing `fn` on a later launch. Tracing and lowering an agent is most of the start-up once
+    XLA's persistent cache holds the compiled code. One program per input signature."""
+
+    def __init__(self, fn: Callable, jit_kwargs: dict, path_prefix: str):
+        self.fn, self.jit_kwargs, self.path_prefix = fn, jit_kwargs, path_prefix
+        self.jitted: dict[str, Callable] = {}
+
+    def _jitted_for(self, args) -> Callable:
+        leaves, tree = jax.tree.flatten(args)
+        signature = str(tree) + str([(jnp.shape(x), jnp.result_type(x)) for x in leaves])
+        if signature not in self.jitted:
+            digest = hashlib.sha256(signature.encode()).hexdigest()[:16]
+            exported = self._load_or_export(f"{self.path_prefix}-{digest}.jaxexport", args)
+            self.jitted[signature] = jax.jit(exported.call, **self.jit_kwargs)
+        return self.jitted[signature]
+
+    def _load_or_export(self, path: str, args):
+        if os.path.exists(path):
+            try:
+                with open(path, "rb") as f:
+                    return jax.export.deserialize(bytearray(f.read()))
+            except Exception as error:  # unreadable: trace anew and replace it
+                print(f"{path}: not loaded ({error}); tracing anew", file=sys.stderr)
+        exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        write_atomic(path, lambda f: f.write(exported.serialize()))
+        return exported
+
+    def __call__(self, *args):
+        return self._jitted_for(args)(*args)
+
+    def lower(self, *args):
+        return self._jitted_for(args).lower(*args)
+
+    def _cache_size(self) -> int:
+        return sum(f._cache_size() for f in self.jitted.values())
+
+
+_register_saved_pytrees()
