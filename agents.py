@@ -264,6 +264,10 @@ def new_learner(q_params: Params, model_params: Params = None) -> Learner:
     )
 
 
+# What `q_learning_step` reports of each Q step (`loop.Agent.diagnostics`).
+Q_DIAGNOSTICS = ("q_loss", "mean_abs_q")
+
+
 def q_learning_step(
     q_net: hk.Transformed,
     learner: Learner,
@@ -271,8 +275,13 @@ def q_learning_step(
     hp: HParams,
     step_size_key: str,
     double_dqn: bool,
-) -> Learner:
-    """One Q step on the mean over the batch (zero-weight rows stay in the denominator)."""
+) -> tuple[Learner, dict[str, jax.Array]]:
+    """One Q step on the mean over the batch (zero-weight rows stay in the denominator).
+
+    Returns the learner and the diagnostics `Q_DIAGNOSTICS`: the loss before the step and the
+    mean |Q(s, a)| over the batch and every action, what a researcher looks at first when Q
+    diverges or collapses.
+    """
 
     def loss_fn(params):
         q_tm1 = q_net.apply(params, batch.obs)
@@ -289,12 +298,23 @@ def q_learning_step(
             hp["gamma"],
             double_dqn,
         )
-        return jnp.mean(per_sample), None
+        return jnp.mean(per_sample), jnp.mean(jnp.abs(q_tm1))
 
-    params, opt_state, _, _ = gradient_step(
+    params, opt_state, loss, mean_abs_q = gradient_step(
         loss_fn, learner.q_params, learner.q_opt, hp, step_size_key
     )
-    return learner._replace(q_params=params, q_opt=opt_state)
+    diagnostics = {"q_loss": loss, "mean_abs_q": mean_abs_q}
+    return learner._replace(q_params=params, q_opt=opt_state), diagnostics
+
+
+def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A model step's weighted loss and its unweighted terms, named for `.out`:
+    `model_loss`, `model_<term>` (`model_diagnostic_names`)."""
+    return {"model_loss": loss, **{f"model_{name}": value for name, value in terms.items()}}
+
+
+def model_diagnostic_names(term_names) -> tuple[str, ...]:
+    return ("model_loss", *(f"model_{name}" for name in term_names))
 
 
 # --------------------------------------------------------------------------------------------

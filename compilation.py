@@ -3,14 +3,17 @@ sharded over the devices, XLA's CPU flags and its persistent compilation cache."
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+import config
 import loop
 from saved_programs import SavedProgramJit, program_key
 
@@ -27,70 +30,101 @@ def _default_xla_flag(flag: str, value) -> None:
 # (update time at 8 seeds: simple model -25%, Gaussian latent -25%, categorical latent -8%,
 # ER and perfect model unchanged; README "Performance").
 _default_xla_flag("--xla_cpu_experimental_ynn_fusion_type", "dot")
-# One CPU device per core. The seed axis is sharded across them (`seed_sharding`), so each core
-# runs its own seeds' updates: one seed's matrix products (batch 32 in a rollout step) are too
-# small for XLA to split across cores, and seeds are independent. Results agree with a
-# single device up to float rounding (tested).
+# One CPU device per core. The (grid point, seed) pairs are sharded across them
+# (`pair_sharding`), so each core runs its own pairs' updates: one seed's matrix products (batch
+# 32 in a rollout step) are too small for XLA to split across cores, and pairs are independent.
+# Results agree with a single device up to float rounding (tested).
 CPU_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 _default_xla_flag("--xla_force_host_platform_device_count", CPU_CORES or 1)
 
 
-def seed_sharding(num_seeds: int, devices=None) -> NamedSharding:
-    """The seed axis split evenly over as many devices as divide `num_seeds` (at most all of
-    `devices`, by default the backend's: one per core on CPU, the GPUs on a GPU machine)."""
+def pair_sharding(num_points: int, num_seeds: int, devices=None) -> NamedSharding:
+    """The (grid point, seed) pairs, axes [G, S], split evenly over as many devices as the
+    axes allow: a mesh of `g x s` devices with `g` dividing `num_points` and `s` dividing
+    `num_seeds`, as many as possible (at most all of `devices`, by default the backend's: one
+    per core on CPU, the GPUs on a GPU machine)."""
     devices = jax.devices() if devices is None else list(devices)
-    count = max(n for n in range(1, min(len(devices), num_seeds) + 1) if num_seeds % n == 0)
-    return NamedSharding(Mesh(np.array(devices[:count]), ("seeds",)), PartitionSpec("seeds"))
+    shapes = [
+        (g, s)
+        for g in range(1, num_points + 1)
+        for s in range(1, num_seeds + 1)
+        if num_points % g == 0 and num_seeds % s == 0 and g * s <= len(devices)
+    ]
+    g, s = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]))
+    mesh = Mesh(np.array(devices[: g * s]).reshape(g, s), ("grid", "seeds"))
+    return NamedSharding(mesh, PartitionSpec("grid", "seeds"))
 
 
 class CompiledRun(NamedTuple):
-    """The three jitted functions of a run, each compiled once, all over the seed axis."""
+    """The three jitted functions of a run, each compiled once, all over the [G, S] axes of
+    (grid point, seed) pairs; `hp` has the grid axis [G]."""
 
-    init: Callable  # keys [S] -> TrainState
-    chunk: Callable  # (TrainState, t0, train, hp) -> (TrainState, rewards [S]); donates state
-    evaluate: Callable  # (learner, keys [S], hp) -> scores [S]
+    init: Callable  # keys [S] -> TrainState [G, S]: every grid point starts from the same keys
+    chunk: Callable  # (TrainState, t0, train, hp) -> (TrainState, ChunkReport); donates state
+    evaluate: Callable  # (learner, keys [S], hp) -> scores [G, S]
 
 
 def compile_run(
-    agent: loop.Agent, env, cfg: dict, devices=None, program_dir: str | None = None
+    agent: loop.Agent,
+    env,
+    cfg: dict,
+    num_points: int = 1,
+    devices=None,
+    program_dir: str | None = None,
 ) -> CompiledRun:
-    """Seeds are independent, so each device runs its share of them (`seed_sharding`); the only
-    exchange between devices is whether any seed's episode ended this step (`seeds_step`).
+    """The loop of `loop.py` for `num_points` grid points x `num_seeds` seeds, jitted once.
+
+    Pairs are independent, so each device runs the chunk on its own block of them
+    (`jax.shard_map`): nothing crosses devices inside a chunk, not even the test whether
+    any episode ended (`loop.seeds_step`). Grid points share the seeds' random streams
+    (common random numbers): point g, seed s starts from the keys of a single run's seed s.
 
     With `program_dir`, each function's traced and lowered program is kept there
     (`SavedProgramJit`), so a second launch of the same config skips tracing and lowering.
     """
+    pairs = pair_sharding(num_points, cfg["num_seeds"], devices)
+    mesh = pairs.mesh
+    by_point = NamedSharding(mesh, PartitionSpec("grid"))  # hp: the grid axis only
+    shared = NamedSharding(mesh, PartitionSpec())  # t0, train and the evaluation keys
 
-    def chunk(states, t0, train, hp):
-        return loop.agent_environment_interaction_loop_function(agent, env, cfg, states, t0, train, hp)
+    def init(keys):
+        states = jax.vmap(lambda key: loop.init_seed(agent, env, key))(keys)
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_points, *x.shape)), states)
+
+    def chunk_block(states, t0, train, hp):
+        return loop.agent_environment_interaction_loop_function(
+            agent, env, cfg, states, t0, train, hp
+        )
+
+    chunk = jax.shard_map(
+        chunk_block,
+        mesh=mesh,
+        in_specs=(pairs.spec, PartitionSpec(), PartitionSpec(), by_point.spec),
+        out_specs=pairs.spec,
+        # No collectives inside: every value is per device, so JAX need not track which vary.
+        check_vma=False,
+    )
 
     def score(learner, key, hp):
         return loop.evaluate(agent, env, cfg, learner, key, hp)
 
-    seeds = seed_sharding(cfg["num_seeds"], devices)
-    shared = NamedSharding(seeds.mesh, PartitionSpec())  # t0, train and hp: the same for all
+    evaluate = jax.vmap(jax.vmap(score, in_axes=(0, 0, None)), in_axes=(0, None, 0))
     functions = {
-        "init": (
-            jax.vmap(lambda key: loop.init_seed(agent, env, key)),
-            dict(in_shardings=seeds, out_shardings=seeds),
-        ),
+        "init": (init, dict(in_shardings=shared, out_shardings=pairs)),
         # The states are donated so the buffers are updated in place, not copied every chunk.
         "chunk": (
             chunk,
             dict(
-                in_shardings=(seeds, shared, shared, shared),
-                out_shardings=seeds,
+                in_shardings=(pairs, shared, shared, by_point),
+                out_shardings=pairs,
                 donate_argnums=0,
             ),
         ),
-        "evaluate": (
-            jax.vmap(score, in_axes=(0, 0, None)),
-            dict(in_shardings=(seeds, seeds, shared), out_shardings=seeds),
-        ),
+        "evaluate": (evaluate, dict(in_shardings=(pairs, shared, by_point), out_shardings=pairs)),
     }
     if program_dir is None:
         return CompiledRun(**{name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()})
-    run_key = program_key(cfg, seeds)
+    run_key = program_key(cfg, pairs, num_points)
     return CompiledRun(
         **{
             name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
@@ -113,3 +147,51 @@ def enable_compilation_cache() -> str | None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         return os.path.join(directory, "programs")
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# Memory: a run that cannot fit stops before anything compiles
+# --------------------------------------------------------------------------------------------
+
+
+def training_state_bytes(agent: loop.Agent, env, num_pairs: int) -> tuple[int, int]:
+    """(all, replay buffers) bytes of the training state of `num_pairs` (grid point, seed)
+    pairs, from the shapes of one seed's state (traced, not compiled or allocated)."""
+    shapes = jax.eval_shape(lambda key: loop.init_seed(agent, env, key), jax.random.PRNGKey(0))
+
+    def nbytes(tree) -> int:
+        return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+    return nbytes(shapes) * num_pairs, nbytes(shapes.buffer) * num_pairs
+
+
+def available_memory(devices) -> tuple[int, str]:
+    """(bytes, what) the devices holding the run can give it: the GPUs' memory, or on CPU the
+    host's available memory (every CPU device shares it)."""
+    if devices[0].platform != "cpu":
+        limits = [(d.memory_stats() or {}).get("bytes_limit", 0) for d in devices]
+        return sum(limits), f"{len(devices)} {devices[0].device_kind}"
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as f:
+            line = next(line for line in f if line.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024, "this machine's available memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "this machine's free memory"
+
+
+def check_memory(agent: loop.Agent, env, cfg: dict, num_points: int, devices=None) -> str:
+    """Raise `ConfigError` when the training state of the run cannot fit on the devices that
+    will hold it; else return a line for the start-up log saying how much it takes."""
+    num_seeds = cfg["num_seeds"]
+    total, buffers = training_state_bytes(agent, env, num_points * num_seeds)
+    used = list(pair_sharding(num_points, num_seeds, devices).mesh.devices.flat)
+    available, where = available_memory(used)
+    points = f" x {num_points} grid points" if num_points > 1 else ""
+    gb = 1e9  # decimal gigabytes, as `free --giga` and most people count them
+    sizes = f"{total / gb:.2f} GB (replay buffers {buffers / gb:.2f} GB)"
+    need = f"{sizes} for {num_seeds} seeds{points}"
+    if total > available:
+        raise config.ConfigError(
+            f"buffer_size: the training state needs {need}, more than the "
+            f"{available / gb:.1f} GB of {where}; lower buffer_size, num_seeds or the grid"
+        )
+    return f"memory: training state {need}; {available / gb:.1f} GB in {where}"

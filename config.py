@@ -9,15 +9,22 @@ plain dict, never mutated afterwards. Keys marked `traced` enter the compiled lo
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
+import math
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 
 import agents
 import environments
 
 REQUIRED = object()  # default of a key that the config file must give
+# Counts, sizes and times are int32 inside the compiled loop (buffer positions, the step counter),
+# and float hyperparameters float32: a value beyond these cannot be held.
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 ALL = frozenset({"ER", "perfect_model", "simple_model", "latent_model"})
 MODEL = frozenset({"simple_model", "latent_model"})
 ROLLOUT = frozenset({"perfect_model", "simple_model", "latent_model"})
@@ -171,20 +178,28 @@ def _check_type(name: str, value: Any, key: Key) -> Any:
         value, ok = float(value), True
     if not ok:
         raise ConfigError(f"{name}: expected {_type_name(key.type)}, got {json.dumps(value)}")
+    # JSON as Python reads it allows NaN and Infinity, and integers of any size.
+    if key.type is float and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise ConfigError(f"{name}: expected a finite number (float32), got {value}")
+    if key.type is int and abs(value) > INT32_MAX:
+        raise ConfigError(
+            f"{name}: expected an integer of at most {INT32_MAX} (int32), got {value}"
+        )
     return value
 
 
-def _check_range(name: str, value: Any, key: Key) -> None:
+def _check_range(label: str, name: str, value: Any, key: Key) -> None:
+    """`label` names the value in the message: the key, or one element of a grid axis."""
     if key.choices and value not in key.choices:
         close = difflib.get_close_matches(str(value), key.choices, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{name}: expected one of {list(key.choices)}, got {value!r}{hint}")
+        raise ConfigError(f"{label}: expected one of {list(key.choices)}, got {value!r}{hint}")
     too_low = key.low is not None and (value <= key.low if key.low_open else value < key.low)
     too_high = key.high is not None and (value >= key.high if key.high_open else value > key.high)
     if too_low or too_high:
         low = "" if key.low is None else f"{key.low} {'<' if key.low_open else '<='} "
         high = "" if key.high is None else f" {'<' if key.high_open else '<='} {key.high}"
-        raise ConfigError(f"{name}: expected {low}{name}{high}, got {value}")
+        raise ConfigError(f"{label}: expected {low}{name}{high}, got {value}")
 
 
 def _check_combinations(cfg: dict) -> None:
@@ -209,8 +224,33 @@ def _check_combinations(cfg: dict) -> None:
         raise ConfigError("learn_obs_variance: only meaningful with binary_obs false")
 
 
+def _check_value(label: str, name: str, value: Any, key: Key) -> Any:
+    value = _check_type(label, value, key)
+    _check_range(label, name, value, key)
+    return value
+
+
+def _grid_axis(name: str, values: list, key: Key) -> list:
+    """A list given for a key: an axis of a grid of runs, each element checked on its own."""
+    if not key.traced:
+        raise ConfigError(
+            f"{name}: cannot be a grid axis (a list): it changes shapes or the compiled program;"
+            " only traced keys (step sizes, softmax_temp, epsilon, gamma, Adam constants, loss"
+            " weights) can"
+        )
+    if not values:
+        raise ConfigError(f"{name}: an empty list (a grid axis needs at least one value)")
+    checked = [_check_value(f"{name}[{i}]", name, v, key) for i, v in enumerate(values)]
+    for i, value in enumerate(checked):
+        if value in checked[:i]:
+            raise ConfigError(f"{name}[{i}]: {value} is already on this grid axis")
+    return checked
+
+
 def validate_config(raw: Any, agent_type: str) -> dict:
-    """Defaults filled in, types and ranges checked; raises `ConfigError` on the first problem."""
+    """Defaults filled in, types and ranges checked; raises `ConfigError` on the first problem.
+
+    A traced key may hold a list: an axis of a grid of runs (`grid_points`)."""
     if not isinstance(raw, dict):
         raise ConfigError("the config file must hold a JSON object")
     accepted = {name for name, key in SCHEMA.items() if agent_type in key.agents}
@@ -235,10 +275,10 @@ def validate_config(raw: Any, agent_type: str) -> dict:
         value = raw[name]
         if value is None and key.default is None:
             cfg[name] = None
-            continue
-        value = _check_type(name, value, key)
-        _check_range(name, value, key)
-        cfg[name] = value
+        elif isinstance(value, list):
+            cfg[name] = _grid_axis(name, value, key)
+        else:
+            cfg[name] = _check_value(name, name, value, key)
     _check_combinations(cfg)
     try:
         environments.make_environment(cfg["environment"], cfg["env_config"])
@@ -259,9 +299,41 @@ def load_config(path: str, agent_type: str) -> dict:
 
 
 def traced_hyperparameters(cfg: dict) -> agents.HParams:
-    """The keys that enter the compiled loop as values, as float32 scalars."""
+    """The keys that enter the compiled loop as values, as float32 scalars (`cfg` is one point
+    of a grid, or a config without lists)."""
     return {
         name: jnp.float32(cfg[name])
         for name, key in SCHEMA.items()
         if key.traced and cfg.get(name) is not None
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Grids: lists of traced values, trained in one compiled run
+# --------------------------------------------------------------------------------------------
+
+
+def grid_axes(cfg: dict) -> dict[str, list]:
+    """The keys given as lists and their values, in key order."""
+    return {name: value for name, value in sorted(cfg.items()) if isinstance(value, list)}
+
+
+def grid_points(cfg: dict) -> list[dict]:
+    """One config of scalars per point of the Cartesian product of the grid axes (the first
+    axis in key order varies slowest); `[cfg]` for a config without lists."""
+    axes = grid_axes(cfg)
+    return [
+        dict(cfg, **dict(zip(axes, values, strict=True)))
+        for values in itertools.product(*axes.values())
+    ]
+
+
+def grid_hyperparameters(points: list[dict]) -> agents.HParams:
+    """`traced_hyperparameters` of every point, stacked: each leaf [G] float32."""
+    per_point = [traced_hyperparameters(point) for point in points]
+    return {name: jnp.stack([hp[name] for hp in per_point]) for name in per_point[0]}
+
+
+def point_name(point: dict, axes) -> str:
+    """How a grid point's output files are told apart: `alpha_adam=5e-05_softmax_temp=0.1`."""
+    return "_".join(f"{name}={point[name]!r}" for name in axes)

@@ -9,6 +9,7 @@ the devices (`compilation.py`) -> greedy evaluation after each chunk -> `<output
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import config
 import environments
-from compilation import compile_run, enable_compilation_cache
-from config import ConfigError, load_config, traced_hyperparameters
+from compilation import check_memory, compile_run, enable_compilation_cache
 from loop import Agent
-from outputs import out_record, save_params, write_pickle_atomic
+from outputs import check_writable, out_record, save_params, write_pickle_atomic
 
 
 def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
@@ -34,6 +35,34 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def output_prefixes(output: str, points: list[dict], axes) -> list[str]:
+    """One output prefix per grid point: `output` itself for a run without a grid, else
+    `<output>_alpha_adam=5e-05_softmax_temp=0.1` and so on (`config.point_name`)."""
+    if not axes:
+        return [output]
+    return [f"{output}_{config.point_name(point, axes)}" for point in points]
+
+
+def pair_label(points: list[dict], axes, g: int, s: int) -> str:
+    return f"seed {s}" + (f" of {config.point_name(points[g], axes)}" if axes else "")
+
+
+class OutputSchedule:
+    """When to rewrite the `.out` files: after every evaluation (Q8), unless writing them took
+    over 2% of the time since the last write (a long run of a large grid: every file grows with
+    every evaluation), then as often as that 2% allows; always after the last evaluation."""
+
+    def __init__(self):
+        self.last_end, self.last_cost = 0.0, 0.0
+
+    def due(self, last: bool) -> bool:
+        return last or time.monotonic() - self.last_end >= 50 * self.last_cost
+
+    def written(self, started: float) -> None:
+        self.last_end = time.monotonic()
+        self.last_cost = self.last_end - started
+
+
 def train(
     agent: Agent,
     env,
@@ -42,65 +71,114 @@ def train(
     output: str,
     quiet: bool = False,
     program_dir: str | None = None,
-) -> dict:
-    """The whole run; returns the `.out` record it wrote last. `program_dir`: see
-    `compile_run`."""
+) -> list[dict]:
+    """The whole run of every grid point (one, for a config without lists); returns the `.out`
+    record of each point as last written. `program_dir`: see `compile_run`."""
     from tqdm import tqdm
 
+    points, axes = config.grid_points(cfg), config.grid_axes(cfg)
+    prefixes = output_prefixes(output, points, axes)
     num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
     num_chunks = cfg["num_steps"] // chunk_steps
-    run = compile_run(agent, env, cfg, program_dir=program_dir)
-    hp = traced_hyperparameters(cfg)
+    run = compile_run(agent, env, cfg, len(points), program_dir=program_dir)
+    hp = config.grid_hyperparameters(points)
     init_key, eval_key = jax.random.split(jax.random.PRNGKey(seed))
     state = run.init(jax.random.split(init_key, num_seeds))
 
-    reward_rates, eval_times = [], []
-    record = out_record(cfg, reward_rates, eval_times)
+    # Each metric: one [G, S] array per evaluation.
+    history = {"reward_rates": [], **{name: [] for name in agent.diagnostics}, "diverged": []}
+    eval_times: list[int] = []
+    diverged = np.zeros((len(points), num_seeds), bool)
+    schedule = OutputSchedule()
     steps_since_save = 0
     bar = tqdm(range(num_chunks), disable=quiet, unit="chunk", dynamic_ncols=True)
     for i in bar:
         t0 = i * chunk_steps
         if cfg["save_params"] and steps_since_save >= cfg["save_frequency"]:
-            save_params(f"{output}.params", agent, state.learner, num_seeds)
+            save_params([f"{p}.params" for p in prefixes], agent, state.learner)
             steps_since_save = 0
         train_now = t0 >= cfg["training_start_time"]
-        state, _ = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), hp)
+        state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), hp)
         keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
         scores = np.asarray(run.evaluate(state.learner, keys, hp), dtype=np.float32)
-        reward_rates.append(scores)
+        report = jax.device_get(report)
+        for g, s in zip(*np.nonzero(report.nonfinite & ~diverged), strict=True):
+            print(
+                f"warning: {pair_label(points, axes, g, s)} diverged: non-finite Q values or "
+                f"losses in the chunk before evaluation {i} (t={t0}); the other seeds go on",
+                file=sys.stderr,
+            )
+        diverged = diverged | report.nonfinite
+        history["reward_rates"].append(scores)
+        for name, value in report.diagnostics.items():
+            history[name].append(np.asarray(value, np.float32))
+        history["diverged"].append(diverged)
         eval_times.append(t0)
         steps_since_save += chunk_steps
-        record = out_record(cfg, reward_rates, eval_times)
-        write_pickle_atomic(f"{output}.out", record)  # Q8: every evaluation, not only at the end
-        bar.set_postfix(time=t0 + chunk_steps, mean_return=f"{scores.mean():.3f}")
-        if not quiet:
-            bar.write(f"t={t0 + chunk_steps} returns: " + " ".join(f"{s:.3f}" for s in scores))
+        if schedule.due(last=i == num_chunks - 1):
+            started = time.monotonic()
+            for g, prefix in enumerate(prefixes):
+                record = out_record(points[g], eval_times, history, g)
+                write_pickle_atomic(f"{prefix}.out", record)
+            schedule.written(started)
+        show_progress(bar, quiet, t0 + chunk_steps, scores, points, axes)
     if cfg["save_params"]:
-        save_params(f"{output}.params", agent, state.learner, num_seeds)
-    return record
+        save_params([f"{p}.params" for p in prefixes], agent, state.learner)
+    return [out_record(points[g], eval_times, history, g) for g in range(len(points))]
 
 
-def main(agent_type: str, build_agent: Callable[[dict, Any], Agent], argv=None) -> dict:
+def show_progress(bar, quiet: bool, t: int, scores: np.ndarray, points, axes) -> None:
+    """The bar shows the mean return over seeds (of the best grid point); the log, each seed's
+    return (of the best point)."""
+    means = np.nanmean(scores, axis=1) if np.isfinite(scores).any() else np.zeros(len(points))
+    best = int(np.argmax(means))
+    if axes:
+        bar.set_postfix(time=t, best=f"{config.point_name(points[best], axes)} {means[best]:.3f}")
+    else:
+        bar.set_postfix(time=t, mean_return=f"{means[best]:.3f}")
+    if not quiet:
+        where = f" (best point {config.point_name(points[best], axes)})" if axes else ""
+        bar.write(f"t={t} returns{where}: " + " ".join(f"{s:.3f}" for s in scores[best]))
+
+
+def main(agent_type: str, build_agent: Callable[[dict, Any], Agent], argv=None) -> list[dict]:
     """Entry point of every `train_*.py`: parse flags, validate the config before anything is
     compiled (exit status 2 with one line on a bad config), then train."""
     args = parse_args(agent_type, argv)
     try:
-        cfg = load_config(args.config, agent_type)
-    except ConfigError as error:
-        print(f"{args.config}: config error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cfg = config.load_config(args.config, agent_type)
+    except config.ConfigError as error:
+        fail(args.config, error)
     cfg = {**cfg, "agent_type": agent_type, "seed": args.seed}
+    try:  # a run that cannot write its outputs must not find out after training
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        check_writable(args.output)
+    except OSError as error:
+        print(f"--output: cannot write {args.output!r}: {error.strerror}", file=sys.stderr)
+        sys.exit(2)
     program_dir = enable_compilation_cache()
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     start = time.time()
     agent = build_agent(cfg, env)
-    record = train(agent, env, cfg, args.seed, args.output, args.quiet, program_dir)
+    num_points = len(config.grid_points(cfg))
+    try:
+        memory = check_memory(agent, env, cfg, num_points)
+    except config.ConfigError as error:
+        fail(args.config, error)
     if not args.quiet:
-        steps = cfg["num_steps"] * cfg["num_seeds"]
+        print(memory, file=sys.stderr)
+    records = train(agent, env, cfg, args.seed, args.output, args.quiet, program_dir)
+    if not args.quiet:
+        steps = cfg["num_steps"] * cfg["num_seeds"] * num_points
         elapsed = time.time() - start
         print(
             f"done: {steps} env steps in {elapsed:.1f} s ({steps / elapsed:.0f} steps/s, "
-            f"all seeds, compilation included)",
+            f"all seeds and grid points, compilation included)",
             file=sys.stderr,
         )
-    return record
+    return records
+
+
+def fail(config_path: str, error: Exception):
+    print(f"{config_path}: config error: {error}", file=sys.stderr)
+    sys.exit(2)

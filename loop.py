@@ -29,10 +29,14 @@ class Agent(NamedTuple):
     q_values: Callable[[agents.Learner, jax.Array, jax.Array], jax.Array]
     # (buffer, env state before the step, transition) -> buffer
     store: Callable[[agents.BufferState, Any, agents.Transition], agents.BufferState]
-    # (learner, buffer, key, hp) -> learner: one update of SPEC §8
+    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
+    # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
     update: Callable[[agents.Learner, agents.BufferState, jax.Array, agents.HParams], Any]
     # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps
     saved_params: Callable[[agents.Learner], dict]
+    # names of the diagnostics `update` reports besides the learner (`agents.Q_DIAGNOSTICS`
+    # and the model's loss terms): each a float32 scalar, recorded in `.out` per evaluation
+    diagnostics: tuple[str, ...] = ()
 
 
 def store_transition(replay: agents.ReplayBuffer):
@@ -65,8 +69,9 @@ def init_seed(agent: Agent, env, key: jax.Array) -> TrainState:
     return TrainState(env_state, obs, learner, buffer, loop_key)
 
 
-def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp) -> agents.Learner:
-    """Step 5 of SPEC §9: refresh the target, then `updates_per_step` updates."""
+def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp):
+    """Step 5 of SPEC §9: refresh the target, then `updates_per_step` updates.
+    Returns (learner, each diagnostic's mean over the updates)."""
     if cfg["use_target"]:
         learner = jax.lax.cond(
             t % cfg["target_update_frequency"] == 0,
@@ -74,32 +79,60 @@ def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp) -> agent
             lambda l: l,
             learner,
         )
+    else:
+        # Without a target network the online parameters bootstrap. As in the reference, they
+        # are taken once per environment step and kept for all of that step's updates.
+        learner = learner._replace(q_target=learner.q_params)
 
     def one_update(learner, update_key):
-        if not cfg["use_target"]:  # without a target network the online parameters are the target
-            learner = learner._replace(q_target=learner.q_params)
-        return agent.update(learner, buffer, update_key, hp), None
+        return agent.update(learner, buffer, update_key, hp)
 
     keys = jax.random.split(key, cfg["updates_per_step"])
-    return jax.lax.scan(one_update, learner, keys)[0]
+    learner, diagnostics = jax.lax.scan(one_update, learner, keys)
+    return learner, jax.tree.map(lambda x: jnp.mean(x, axis=0), diagnostics)
+
+
+def no_diagnostics(agent: Agent) -> dict[str, jax.Array]:
+    """The diagnostics of a step without updates: zeros of the layout `agent.update` reports."""
+    return {name: jnp.float32(0.0) for name in agent.diagnostics}
 
 
 def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
     """One environment step of SPEC §9 for one seed, up to the reset of an ended episode
-    (`start_new_episode`). Returns (state, reward, terminal, reset key)."""
+    (`start_new_episode`). Returns (state, StepReport)."""
     key, value_key, action_key, env_key, reset_key, update_key = jax.random.split(state.key, 6)
     q = agent.q_values(state.learner, state.obs, value_key)
     action = agents.select_action(q, action_key, cfg["exploration_strat"], hp)
     env_state, next_obs, reward, terminal, _ = env.step(env_key, state.env_state, action)
     transition = agents.Transition(state.obs, action, reward, next_obs, terminal)
     buffer = agent.store(state.buffer, state.env_state, transition)
-    learner = jax.lax.cond(
+    learner, diagnostics = jax.lax.cond(
         train,
         lambda l: train_learner(agent, cfg, l, buffer, t, update_key, hp),
-        lambda l: l,
+        lambda l: (l, no_diagnostics(agent)),
         state.learner,
     )
-    return TrainState(env_state, next_obs, learner, buffer, key), reward, terminal, reset_key
+    finite = jnp.all(jnp.isfinite(q))
+    for value in diagnostics.values():
+        finite &= jnp.isfinite(value)
+    report = StepReport(terminal, reset_key, diagnostics, ~finite)
+    return TrainState(env_state, next_obs, learner, buffer, key), report
+
+
+class StepReport(NamedTuple):
+    """What one seed's environment step tells the rest of the loop."""
+
+    terminal: jax.Array  # [] bool: the episode ended, reset it (`start_new_episode`)
+    reset_key: jax.Array
+    diagnostics: dict[str, jax.Array]  # each [] float32: mean over this step's updates (0: none)
+    nonfinite: jax.Array  # [] bool: a Q value or a diagnostic was NaN or infinite
+
+
+class ChunkReport(NamedTuple):
+    """What a chunk of `eval_frequency` steps tells the host about one seed."""
+
+    diagnostics: dict[str, jax.Array]  # each []: mean over the chunk's updates (NaN: none)
+    nonfinite: jax.Array  # [] bool: some Q value or loss was NaN or infinite in the chunk
 
 
 def start_new_episode(env, cfg: dict, state: TrainState, terminal, reset_key) -> TrainState:
@@ -111,31 +144,76 @@ def start_new_episode(env, cfg: dict, state: TrainState, terminal, reset_key) ->
     return state._replace(env_state=env_state, obs=obs)
 
 
-def seeds_step(agent: Agent, env, cfg: dict, states: TrainState, t, train, hp):
-    """One environment step of every seed (leading axis of `states`). Returns (states, rewards).
+def over_pairs(fn: Callable, hp_arg: int | None = None) -> Callable:
+    """`fn` of one (grid point, seed) pair -> `fn` of a block with leading axes [G, S].
 
-    Resets run only on the steps where some seed's episode ended: written per seed, the reset
-    (for ProcMaze, generating a maze) would run for every seed on every step under `vmap`.
+    The seed axis is vmapped inside, the grid axis outside. Argument `hp_arg` (the traced
+    hyperparameters) carries the grid axis only: every seed of a point shares its values.
     """
-    step = jax.vmap(lambda s: env_step(agent, env, cfg, s, t, train, hp))
-    states, rewards, terminal, reset_keys = step(states)
-    reset = jax.vmap(lambda s, done, k: start_new_episode(env, cfg, s, done, k))
+
+    def axes(grid: bool, count: int) -> tuple:
+        return tuple((0 if grid else None) if i == hp_arg else 0 for i in range(count))
+
+    def vmapped(*args):
+        over_seeds = jax.vmap(fn, in_axes=axes(False, len(args)))
+        return jax.vmap(over_seeds, in_axes=axes(True, len(args)))(*args)
+
+    return vmapped
+
+
+def seeds_step(agent: Agent, env, cfg: dict, states: TrainState, t, train, hp):
+    """One environment step of every (grid point, seed) pair of a block: `states` has leading
+    axes [G, S], `hp` [G]. Returns (states, StepReport [G, S]).
+
+    Resets run only on the steps where some pair's episode ended: written per seed, the reset
+    (for ProcMaze, generating a maze) would run for every pair on every step under `vmap`. On
+    several devices each runs this on its own block (`compilation.compile_run`), so the test
+    is per device and no device waits for another.
+    """
+    step = over_pairs(lambda s, h: env_step(agent, env, cfg, s, t, train, h), hp_arg=1)
+    states, report = step(states, hp)
+    reset = over_pairs(lambda s, done, k: start_new_episode(env, cfg, s, done, k))
     states = jax.lax.cond(
-        jnp.any(terminal), reset, lambda s, done, k: s, states, terminal, reset_keys
+        jnp.any(report.terminal),
+        reset,
+        lambda s, done, k: s,
+        states,
+        report.terminal,
+        report.reset_key,
     )
-    return states, rewards
+    return states, report
 
 
-def agent_environment_interaction_loop_function(agent: Agent, env, cfg: dict, states: TrainState, t0, train, hp):
-    """`eval_frequency` environment steps of every seed from time `t0`.
-    Returns (states, summed reward per seed)."""
+def agent_environment_interaction_loop_function(
+    agent: Agent, env, cfg: dict, states: TrainState, t0, train, hp
+):
+    """The main loop (the reference's name for it): `eval_frequency` environment steps of every
+    (grid point, seed) pair of a block from time `t0`. `states` has leading axes [G, S], `hp`
+    [G]. Returns (states, ChunkReport [G, S]).
 
-    def body(states, t):
-        return seeds_step(agent, env, cfg, states, t, train, hp)
+    Written per pair in `env_step`; the seeds and grid points are vmapped inside each step
+    (`seeds_step`) rather than around the whole chunk, so that a step can skip the resets when
+    no episode ended.
+    """
+    # As the reference, a chunk starts from the observation of the environment's state: after
+    # a terminal last step of the previous chunk that is the reset state's (quirk Q1 lasts to
+    # the end of a chunk, not across chunks).
+    observe = over_pairs(env.get_observation)
+    states = states._replace(obs=observe(states.env_state))
 
+    def body(carry, t):
+        states, sums, nonfinite = carry
+        states, report = seeds_step(agent, env, cfg, states, t, train, hp)
+        sums = jax.tree.map(jnp.add, sums, report.diagnostics)
+        return (states, sums, nonfinite | report.nonfinite), None
+
+    block = states.key.shape[:2]
+    sums = {name: jnp.zeros(block, jnp.float32) for name in agent.diagnostics}
+    carry = (states, sums, jnp.zeros(block, jnp.bool_))
     times = t0 + jnp.arange(cfg["eval_frequency"], dtype=jnp.int32)
-    states, rewards = jax.lax.scan(body, states, times)
-    return states, rewards.sum(axis=0)
+    states, sums, nonfinite = jax.lax.scan(body, carry, times)[0]
+    means = {n: jnp.where(train, s / cfg["eval_frequency"], jnp.nan) for n, s in sums.items()}
+    return states, ChunkReport(means, nonfinite)
 
 
 def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):

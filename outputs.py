@@ -37,23 +37,37 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
         raise
 
 
+def check_writable(prefix: str) -> None:
+    """Raise `OSError` unless files can be created beside `prefix` (as `write_atomic` does)."""
+    directory = os.path.dirname(os.path.abspath(prefix))
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=os.path.basename(prefix) + "."):
+        pass
+
+
 def write_pickle_atomic(path: str, obj: Any) -> None:
     write_atomic(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def per_seed_numpy(tree: Any, num_seeds: int) -> list:
-    """A tree with a leading seed axis -> a list of per-seed trees of numpy arrays."""
-    host = jax.device_get(tree)
-    return [jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), host) for i in range(num_seeds)]
+def save_params(paths: list[str], agent, learner) -> None:
+    """`<output>.params` of every grid point (`paths[g]`): `{'Q': [params of seed 0, 1, ...]}`,
+    plus `'model'` for the model agents, as numpy arrays (SPEC §11)."""
+    saved = jax.device_get(agent.saved_params(learner))  # leaves [G, S, ...]
+    num_seeds = jax.tree.leaves(saved)[0].shape[1]
+    for g, path in enumerate(paths):
+        per_seed = {
+            name: [
+                jax.tree.map(lambda x, i=(g, s): np.asarray(x[i]), tree) for s in range(num_seeds)
+            ]
+            for name, tree in saved.items()
+        }
+        write_pickle_atomic(path, per_seed)
 
 
-def save_params(path: str, agent, learner, num_seeds: int) -> None:
-    saved = agent.saved_params(learner)  # field selection: the seed axis stays in front
-    write_pickle_atomic(path, {name: per_seed_numpy(p, num_seeds) for name, p in saved.items()})
-
-
-def out_record(cfg: dict, reward_rates: list, eval_times: list) -> dict:
-    return {
-        "config": types.SimpleNamespace(**cfg),
-        "metrics": {"reward_rates": list(reward_rates), "eval_times": list(eval_times)},
-    }
+def out_record(cfg: dict, eval_times: list[int], history: dict[str, list], g: int) -> dict:
+    """The `.out` record of grid point `g` (SPEC §11): its config of scalars, and each metric
+    of `history` (one [G, S] array per evaluation) as one [S] array per evaluation.
+    `reward_rates` and `eval_times` come first, as in the reference's files."""
+    metrics = {"reward_rates": [], "eval_times": list(eval_times)}
+    for name, values in history.items():
+        metrics[name] = [np.asarray(v[g]) for v in values]
+    return {"config": types.SimpleNamespace(**cfg), "metrics": metrics}

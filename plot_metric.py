@@ -12,6 +12,13 @@ evaluation is kept, each seed and the times are smoothed alike with a 'valid' mo
 of width ``window`` (N - w + 1 points), and the mean over seeds is drawn against the smoothed
 times with a 95% confidence band.
 
+Diverged seeds: when a file records ``'diverged'`` (one bool array of shape (S,) per
+evaluation, True once a seed's Q values or losses became NaN or infinite), the seeds that
+diverged at any evaluation are left out of that file's mean and band, and a line on stderr
+says which; a file whose seeds all diverged draws no line. Plotting ``--metric diverged``
+itself keeps every seed (its mean is the fraction of seeds diverged). Other NaN or infinite
+values never stop the plot: they leave gaps in the line, and stderr says how many there are.
+
 Confidence band: a percentile bootstrap over seeds (like seaborn's default in the reference),
 1000 resamples of the S seeds with replacement, a fixed RNG seed so the figure is
 deterministic; the band at each time is the 2.5th to 97.5th percentile of the resampled means.
@@ -32,6 +39,7 @@ import matplotlib
 import numpy as np
 
 TIMES_KEY = "eval_times"
+DIVERGED_KEY = "diverged"
 DEFAULT_METRIC = "reward_rates"
 NUM_BOOTSTRAP = 1000
 CONFIDENCE = 95.0
@@ -100,16 +108,20 @@ def available_metrics(metrics: dict) -> list[str]:
 
 def load_metric(path: str, metric: str = DEFAULT_METRIC) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(times, values)`` of a `.out` file: shapes ``(E,)`` and ``(E, S)``, float64."""
-    metrics = load_out(path)["metrics"]
+    return metric_values(path, load_out(path)["metrics"], metric)
+
+
+def metric_values(path: str, metrics: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(times, values)`` of ``metric`` in the loaded ``metrics`` of file ``path``."""
     if metric == TIMES_KEY or metric not in metrics:
+        # Older runs lack the diagnostic metrics: list what this file does have.
         names = ", ".join(available_metrics(metrics)) or "none"
-        raise PlotError(f"unknown metric '{metric}' in {path}; available: {names}")
+        raise PlotError(f"{path} has no metric '{metric}'; it has: {names}")
     if TIMES_KEY not in metrics:
         raise PlotError(f"{path} is not a valid .out file: metrics have no '{TIMES_KEY}'")
     try:
         times = np.asarray(metrics[TIMES_KEY], dtype=np.float64).reshape(-1)
-        rows = [np.asarray(v, dtype=np.float64).reshape(-1) for v in metrics[metric]]
-        values = np.stack(rows) if rows else np.zeros((0, 1))
+        values = _per_evaluation_array(metrics[metric], np.float64)
     except (TypeError, ValueError) as e:
         raise PlotError(
             f"{path}: metric '{metric}' is not a list of equal-length arrays ({e})"
@@ -121,6 +133,73 @@ def load_metric(path: str, metric: str = DEFAULT_METRIC) -> tuple[np.ndarray, np
     if values.shape[0] == 0:
         raise PlotError(f"{path} has no evaluations")
     return times, values
+
+
+def _per_evaluation_array(rows, dtype) -> np.ndarray:
+    """Stack a list of per-evaluation ``(S,)`` arrays into ``(E, S)``."""
+    rows = [np.asarray(v, dtype=dtype).reshape(-1) for v in rows]
+    return np.stack(rows) if rows else np.zeros((0, 1), dtype=dtype)
+
+
+def diverged_seeds(path: str, metrics: dict, num_seeds: int) -> np.ndarray:
+    """Bool ``(S,)``: the seeds marked diverged at any evaluation (all False without the key).
+
+    Files written before the training code recorded divergence have no ``'diverged'``: every
+    seed counts as healthy there.
+    """
+    if DIVERGED_KEY not in metrics:
+        return np.zeros(num_seeds, dtype=bool)
+    try:
+        flags = _per_evaluation_array(metrics[DIVERGED_KEY], bool)
+    except (TypeError, ValueError) as e:
+        raise PlotError(
+            f"{path}: '{DIVERGED_KEY}' is not a list of equal-length arrays ({e})"
+        ) from None
+    if flags.shape[0] == 0:
+        return np.zeros(num_seeds, dtype=bool)
+    if flags.shape[1] != num_seeds:
+        raise PlotError(
+            f"{path}: '{DIVERGED_KEY}' has {flags.shape[1]} seeds but the metric has {num_seeds}"
+        )
+    return flags.any(axis=0)
+
+
+def diverged_note(path: str, diverged: np.ndarray) -> str | None:
+    """The stderr line saying which seeds of ``path`` are left out, or None when none are."""
+    seeds = np.flatnonzero(diverged)
+    if seeds.size == 0:
+        return None
+    if seeds.size == diverged.size:
+        return f"{path}: all {diverged.size} seeds diverged; no line drawn"
+    listed = ", ".join(str(s) for s in seeds)
+    return f"{path}: left out {seeds.size} of {diverged.size} seeds that diverged (seeds {listed})"
+
+
+def non_finite_note(path: str, metric: str, values: np.ndarray) -> str | None:
+    """The stderr line counting NaN/infinite values that will leave gaps, or None."""
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad == 0:
+        return None
+    return (
+        f"{path}: {bad} of {values.size} '{metric}' values are NaN or infinite "
+        "in seeds not marked diverged; the line has gaps there"
+    )
+
+
+def healthy_values(path: str, metrics: dict, metric: str, values: np.ndarray):
+    """``values`` without the diverged seeds' columns, plus the notes to report.
+
+    Infinite values become NaN so that the arithmetic downstream stays quiet (inf - inf
+    warns) and they show as gaps like NaN.
+    """
+    notes = []
+    if metric != DIVERGED_KEY:  # plotting 'diverged' itself: every seed is the data
+        diverged = diverged_seeds(path, metrics, values.shape[1])
+        notes.append(diverged_note(path, diverged))
+        values = values[:, ~diverged]
+    notes.append(non_finite_note(path, metric, values))
+    values = np.where(np.isfinite(values), values, np.nan)
+    return values, [n for n in notes if n]
 
 
 def subsample(x: np.ndarray, frequency: int) -> np.ndarray:
@@ -201,19 +280,39 @@ def curve(
 # --------------------------------------------------------------------------------------------
 
 
-def plot(files, metric: str = DEFAULT_METRIC, window: int = 1, frequency: int = 1, ax=None):
-    """Draw one mean line with a 95% bootstrap band per file on ``ax``; return ``ax``."""
+def plot(
+    files,
+    metric: str = DEFAULT_METRIC,
+    window: int = 1,
+    frequency: int = 1,
+    ax=None,
+    warn=None,
+):
+    """Draw one mean line with a 95% bootstrap band per file on ``ax``; return ``ax``.
+
+    Diverged seeds are left out of their file's line; each such fact (and any NaN gaps) is
+    passed to ``warn`` (default: a line on stderr) once every file has loaded, so that an
+    error in a later file is still the only line printed.
+    """
+    warn = warn or _print_to_stderr
     if window < 1:
         raise PlotError(f"window must be >= 1, got {window}")
     if frequency < 1:
         raise PlotError(f"frequency must be >= 1, got {frequency}")
-    curves = []
+    curves, notes = [], []
     for path in files:  # load and check everything before drawing anything
-        times, values = load_metric(path, metric)
+        metrics = load_out(path)["metrics"]
+        times, values = metric_values(path, metrics, metric)
+        values, file_notes = healthy_values(path, metrics, metric, values)
+        notes += file_notes
+        if values.shape[1] == 0:
+            continue  # every seed diverged: nothing to draw (the note says so)
         try:
             curves.append((path, curve(times, values, window, frequency)))
         except PlotError as e:
             raise PlotError(f"{path}: {e}") from None
+    for note in notes:
+        warn(note)
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -224,8 +323,13 @@ def plot(files, metric: str = DEFAULT_METRIC, window: int = 1, frequency: int = 
     ax.set_xlabel("time")
     ax.set_ylabel(metric)
     ax.grid(True)
-    ax.legend()
+    if curves:  # a legend without lines only earns a matplotlib warning
+        ax.legend()
     return ax
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def can_show() -> bool:
@@ -234,8 +338,10 @@ def can_show() -> bool:
     return _has_display() and backend not in _NON_INTERACTIVE_BACKENDS
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit status 2 (argparse's default prints usage too)
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line with exit status 2 (no usage dump)."""
+
+    def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
@@ -253,7 +359,7 @@ def _positive_int(name):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="plot_metric.py", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="plot_metric.py", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", "-d", nargs="+", required=True, metavar="FILE", help=".out files to plot"
     )
@@ -267,7 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="keep every f-th evaluation",
     )
-    parser.add_argument("--metric", "-m", default=DEFAULT_METRIC, help="metric to plot")
+    parser.add_argument(
+        "--metric",
+        "-m",
+        default=DEFAULT_METRIC,
+        help="metric to plot: reward_rates (default), or a diagnostic such as q_loss, "
+        "mean_abs_q, model_loss or diverged (the fraction of seeds diverged)",
+    )
     parser.add_argument("--save", "-o", metavar="PATH", help="save the figure (PNG) to PATH")
     parser.add_argument("--title", help="figure title")
     parser.add_argument("--no-show", action="store_true", help="never open a window")

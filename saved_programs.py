@@ -33,10 +33,11 @@ HOST_ONLY_KEYS = frozenset(
 )
 
 
-def program_key(cfg: dict, sharding: NamedSharding) -> str:
+def program_key(cfg: dict, sharding: NamedSharding, num_points: int = 1) -> str:
     """What the compiled functions depend on: the config less `HOST_ONLY_KEYS` and the traced
-    hyperparameters (arguments of the programs, so a grid over them shares one), this project's
-    source files, the JAX version, XLA's flags and the devices."""
+    hyperparameters (arguments of the programs: runs that differ only in their values share
+    one), the number of grid points, this project's source files, the JAX version, XLA's flags
+    and the devices with their mesh."""
     digest = hashlib.sha256()
     run_cfg = {
         k: v
@@ -49,7 +50,9 @@ def program_key(cfg: dict, sharding: NamedSharding) -> str:
             with open(os.path.join(_SOURCE_DIR, name), "rb") as f:
                 digest.update(name.encode() + f.read())
     devices = [f"{d.platform}:{d.device_kind}" for d in sharding.mesh.devices.flat]
-    digest.update(f"{jax.__version__} {devices} {os.environ.get('XLA_FLAGS', '')}".encode())
+    mesh = dict(sharding.mesh.shape)
+    flags = os.environ.get("XLA_FLAGS", "")
+    digest.update(f"{jax.__version__} {devices} {mesh} {num_points} {flags}".encode())
     return digest.hexdigest()[:24]
 
 
@@ -60,6 +63,7 @@ def _register_saved_pytrees() -> None:
 
     types = [
         loop.TrainState,
+        loop.ChunkReport,
         agents.Learner,
         agents.BufferState,
         agents.Transition,

@@ -31,6 +31,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         store=loop.store_transition(replay),
         update=update,
         saved_params=loop.saved_q_params,
+        diagnostics=agents.Q_DIAGNOSTICS,
     )
 
 

@@ -187,7 +187,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
     def update(learner, buffer, key, hp):
         sample_key, model_key, start_key, rollout_key = jax.random.split(key, 4)
         batch = replay.sample(buffer, sample_key, cfg["batch_size"])
-        model_params, model_opt, _, _ = agents.gradient_step(
+        model_params, model_opt, model_loss_value, terms = agents.gradient_step(
             lambda params: model_loss(nets, cfg, params, batch, model_key, hp),
             learner.model_params,
             learner.model_opt,
@@ -200,7 +200,10 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         else:
             start_obs = batch.obs
         imagined = rollout(nets, cfg, learner, start_obs, rollout_key, hp)
-        return agents.q_learning_step(nets.q, learner, imagined, hp, "Q_alpha", cfg["double_DQN"])
+        learner, q_diagnostics = agents.q_learning_step(
+            nets.q, learner, imagined, hp, "Q_alpha", cfg["double_DQN"]
+        )
+        return learner, {**q_diagnostics, **agents.model_diagnostics(model_loss_value, terms)}
 
     return loop.Agent(
         init=init,
@@ -208,6 +211,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         store=loop.store_transition(replay),
         update=update,
         saved_params=loop.saved_q_and_model_params,
+        diagnostics=agents.Q_DIAGNOSTICS + agents.model_diagnostic_names(LOSS_WEIGHTS),
     )
 
 

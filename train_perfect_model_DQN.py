@@ -85,6 +85,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         store=store,
         update=update,
         saved_params=loop.saved_q_params,
+        diagnostics=agents.Q_DIAGNOSTICS,
     )
 
 

@@ -82,16 +82,21 @@ def model_loss(model: ModelNetworks, params, transitions: agents.Transition, key
     return loss, terms
 
 
+MODEL_TERMS = ("reward", "termination", "obs")  # the unweighted terms of `model_loss_terms`
+
+
 def model_step(model: ModelNetworks, learner: agents.Learner, transitions, key, hp):
-    """One AdamW step (`model_alpha`) of all model networks together. Returns (learner, terms)."""
-    params, opt_state, _, terms = agents.gradient_step(
+    """One AdamW step (`model_alpha`) of all model networks together. Returns (learner,
+    diagnostics): the weighted loss before the step and each term's batch mean."""
+    params, opt_state, loss, terms = agents.gradient_step(
         lambda p: model_loss(model, p, transitions, key, hp),
         learner.model_params,
         learner.model_opt,
         hp,
         "model_alpha",
     )
-    return learner._replace(model_params=params, model_opt=opt_state), terms
+    learner = learner._replace(model_params=params, model_opt=opt_state)
+    return learner, agents.model_diagnostics(loss, terms)
 
 
 def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> agents.QBatch:
@@ -139,7 +144,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
     def update(learner, buffer, key, hp):
         sample_key, model_key, rollout_key = jax.random.split(key, 3)
         transitions = replay.sample(buffer, sample_key, batch_size)
-        learner, _ = model_step(model, learner, transitions, model_key, hp)
+        learner, model_diagnostics = model_step(model, learner, transitions, model_key, hp)
         # The rollouts read the model *after* this step, and Q before its own step (SPEC §8).
 
         def act(obs, key):
@@ -150,7 +155,10 @@ def build_agent(cfg: dict, env) -> loop.Agent:
             transitions.obs, jax.random.split(rollout_key, batch_size)
         )
         batch = jax.tree.map(lambda x: x.reshape(batch_size * length, *x.shape[2:]), rollouts)
-        return agents.q_learning_step(q_net, learner, batch, hp, "Q_alpha", cfg["double_DQN"])
+        learner, q_diagnostics = agents.q_learning_step(
+            q_net, learner, batch, hp, "Q_alpha", cfg["double_DQN"]
+        )
+        return learner, {**q_diagnostics, **model_diagnostics}
 
     return loop.Agent(
         init=init,
@@ -158,6 +166,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         store=loop.store_transition(replay),
         update=update,
         saved_params=loop.saved_q_and_model_params,
+        diagnostics=agents.Q_DIAGNOSTICS + agents.model_diagnostic_names(MODEL_TERMS),
     )
 
 

@@ -125,7 +125,8 @@ def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, outp
     cfg = {**cfg, "agent_type": agent_type, "seed": seed}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     prefix = str(tmp_path / output)
-    return experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True), prefix
+    (record,) = experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True)
+    return record, prefix
 
 
 def final_and_random_scores(agent_type, build_agent, raw_config, tmp_path, last=1):
@@ -134,6 +135,27 @@ def final_and_random_scores(agent_type, build_agent, raw_config, tmp_path, last=
     record, _ = train_in_process(agent_type, build_agent, raw_config, tmp_path)
     final = float(np.mean(record["metrics"]["reward_rates"][-last:]))
     return final, random_policy_score(raw_config, agent_type)
+
+
+Q_DIAGNOSTICS = ("q_loss", "mean_abs_q")
+
+
+def assert_diagnostics(out: dict, model_terms: tuple = ()) -> None:
+    """The training diagnostics of a `.out` record: `q_loss`, `mean_abs_q` and, for the model
+    agents, `model_loss` and `model_<term>`, each one [S] array per evaluation, NaN for chunks
+    without updates (before training_start_time) and finite after; `diverged` all false."""
+    cfg, metrics = out["config"], out["metrics"]
+    names = Q_DIAGNOSTICS + (
+        ("model_loss", *(f"model_{t}" for t in model_terms)) if model_terms else ()
+    )
+    assert list(metrics) == ["reward_rates", "eval_times", *names, "diverged"]
+    for name in names:
+        assert len(metrics[name]) == len(metrics["eval_times"]), name
+        for t0, value in zip(metrics["eval_times"], metrics[name], strict=True):
+            assert isinstance(value, np.ndarray) and value.shape == (cfg.num_seeds,), name
+            trained = t0 >= cfg.training_start_time
+            assert np.all(np.isfinite(value)) if trained else np.all(np.isnan(value)), (name, t0)
+    assert not np.any(metrics["diverged"])
 
 
 def load_pickle(path):

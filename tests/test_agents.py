@@ -364,7 +364,9 @@ def test_q_learning_step_decreases_loss_and_keeps_target(double_dqn):
     apply = jax.jit(q_net.apply)
     losses = [np_batch_q_loss(apply, learner.q_params, q_target, batch, GAMMA, double_dqn)]
     for _ in range(20):
-        learner = step(learner, batch, hp)
+        learner, diagnostics = step(learner, batch, hp)
+        # the reported loss is the one before the step
+        np.testing.assert_allclose(diagnostics["q_loss"], losses[-1], rtol=1e-4)
         losses.append(np_batch_q_loss(apply, learner.q_params, q_target, batch, GAMMA, double_dqn))
     assert losses[1] < losses[0]
     assert losses[-1] < 0.8 * losses[0]

@@ -1,6 +1,5 @@
 """The shared run machinery: config validation, CLI, outputs, determinism, and ER end to end."""
 
-import functools
 import json
 import os
 import signal
@@ -15,6 +14,7 @@ import pytest
 from conftest import (
     ROOT,
     SCRIPTS,
+    assert_diagnostics,
     final_and_random_scores,
     load_pickle,
     run_script,
@@ -22,6 +22,7 @@ from conftest import (
     train_in_process,
 )
 
+import agents
 import compilation
 import config
 import environments
@@ -187,24 +188,24 @@ def er_run():
 
 def test_chunk_compiles_once_for_train_flag_times_and_hyperparameters(er_run):
     _, _, cfg, run = er_run
-    hp = config.traced_hyperparameters(cfg)
+    hp = config.grid_hyperparameters([cfg])
     state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
     state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
     state, _ = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
-    hp2 = {**hp, "alpha_adam": jnp.float32(3e-4), "softmax_temp": jnp.float32(2.0)}
+    hp2 = {**hp, "alpha_adam": jnp.array([3e-4]), "softmax_temp": jnp.array([2.0])}
     state, _ = run.chunk(state, jnp.int32(100), jnp.bool_(True), hp2)
     assert run.chunk._cache_size() == 1
 
 
 def test_train_flag_off_leaves_parameters_alone(er_run):
     _, _, cfg, run = er_run
-    hp = config.traced_hyperparameters(cfg)
+    hp = config.grid_hyperparameters([cfg])
     state = run.init(jax.random.split(jax.random.PRNGKey(1), cfg["num_seeds"]))
     before = jax.tree_util.tree_map(np.asarray, state.learner.q_params)
     state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
     after_idle = state.learner.q_params
     jax.tree_util.tree_map(np.testing.assert_array_equal, before, after_idle)
-    assert int(state.buffer.size[0]) == cfg["eval_frequency"]
+    assert int(state.buffer.size[0, 0]) == cfg["eval_frequency"]
     state, _ = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
     changed = jax.tree_util.tree_map(
         lambda a, b: not np.array_equal(a, b), before, state.learner.q_params
@@ -215,9 +216,9 @@ def test_train_flag_off_leaves_parameters_alone(er_run):
 def test_seed_axis_entries_differ(er_run):
     _, _, cfg, run = er_run
     state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
-    w = np.asarray(state.learner.q_params["q_function/linear"]["w"])
+    w = np.asarray(state.learner.q_params["q_function/linear"]["w"])[0]  # grid point 0
     assert not np.allclose(w[0], w[1]) and not np.allclose(w[1], w[2])
-    walls = np.asarray(state.env_state.walls)
+    walls = np.asarray(state.env_state.walls)[0]
     assert len({walls[i].tobytes() for i in range(3)}) >= 2
 
 
@@ -237,40 +238,70 @@ def test_target_refreshed_every_target_update_frequency(er_run):
     np.testing.assert_array_equal(state.learner.q_target["q_function/linear"]["w"], before_refresh)
 
 
-def test_seed_sharding_splits_seeds_evenly_over_the_devices():
-    devices = jax.devices()
-    for seeds in (1, 2, 3, 4, 6, 30):
-        sharding = compilation.seed_sharding(seeds)
-        count = len(sharding.device_set)
-        assert seeds % count == 0 and count <= len(devices)
-        # no larger count of these devices divides the seeds
-        assert all(seeds % n for n in range(count + 1, min(seeds, len(devices)) + 1))
-    assert len(compilation.seed_sharding(7, devices[:1]).device_set) == 1
+def test_pair_sharding_uses_as_many_devices_as_the_axes_allow():
+    for devices in (jax.devices()[:1], [jax.devices()[0]] * 4, [jax.devices()[0]] * 6):
+        for points, seeds in ((1, 1), (1, 30), (9, 8), (9, 30), (4, 2), (7, 1)):
+            mesh = compilation.pair_sharding(points, seeds, devices).mesh
+            g, s = mesh.devices.shape
+            assert points % g == 0 and seeds % s == 0 and g * s <= len(devices)
+            # no mesh of these divisors uses more devices
+            best = max(
+                a * b
+                for a in range(1, points + 1)
+                for b in range(1, seeds + 1)
+                if points % a == 0 and seeds % b == 0 and a * b <= len(devices)
+            )
+            assert g * s == best, (len(devices), points, seeds, (g, s))
 
 
-@pytest.mark.skipif(len(jax.devices()) < 2, reason="needs two devices (one per CPU core)")
-def test_sharding_seeds_over_devices_changes_results_only_by_rounding():
-    """Each device multiplies a different number of seeds' matrices at once, so the kernels may
-    round differently (1e-8 here); nothing else differs."""
-    raw = tiny_config("ER", num_seeds=4)
-    cfg = config.validate_config(raw, "ER")
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    agent = train_ER_DQN.build_agent(cfg, env)
-    hp = config.traced_hyperparameters(cfg)
-    keys = jax.random.split(jax.random.PRNGKey(5), 4)
-    results = []
-    for devices in (jax.devices()[:1], jax.devices()[:2]):
-        run = compilation.compile_run(agent, env, cfg, devices)
-        state = run.init(keys)
-        state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
-        state, rewards = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
-        assert len(state.learner.q_params["q_function/linear"]["w"].sharding.device_set) == len(
-            devices
-        )
-        scores = run.evaluate(state.learner, keys, hp)
-        results.append(jax.device_get((state.learner.q_params, state.obs, rewards, scores)))
-    check = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
-    jax.tree.map(check, *results)
+_SHARDED_EQUALS_UNSHARDED = """
+import functools, json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+import compilation, config, environments, train_ER_DQN
+assert len(jax.devices()) == 4
+raw = tiny_config("ER", num_seeds=2, alpha_adam=[1e-3, 3e-3], softmax_temp=[0.1, 0.4])
+cfg = config.validate_config(raw, "ER")
+points = config.grid_points(cfg)
+env = environments.make_environment(cfg["environment"], cfg["env_config"])
+agent = train_ER_DQN.build_agent(cfg, env)
+hp = config.grid_hyperparameters(points)
+keys = jax.random.split(jax.random.PRNGKey(5), 2)
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    run = compilation.compile_run(agent, env, cfg, len(points), devices)
+    state = run.init(keys)
+    state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(False), hp)
+    state, report = run.chunk(state, jnp.int32(50), jnp.bool_(True), hp)
+    w = state.learner.q_params["q_function/linear"]["w"]
+    print(len(w.sharding.device_set), w.sharding.mesh.devices.shape)
+    scores = run.evaluate(state.learner, keys, hp)
+    results.append(jax.device_get((state.learner.q_params, state.obs, report, scores)))
+check = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+jax.tree.map(check, *results)
+print("equal")
+"""
+
+
+def test_pairs_sharded_over_four_devices_equal_one_device_up_to_rounding():
+    """A 2 x 2 grid of 2 seeds on a 2 x 2 mesh of CPU devices, against one device. Each device
+    multiplies a different number of pairs' matrices at once, so the kernels may round
+    differently (1e-8 here); nothing else differs, and nothing crosses devices in a chunk."""
+    done = subprocess.run(
+        [sys.executable, "-c", _SHARDED_EQUALS_UNSHARDED],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "JAX_COMPILATION_CACHE_DIR": "",
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == ["1 (1, 1)", "4 (2, 2)", "equal"]
 
 
 def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
@@ -278,14 +309,14 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     cfg = {**config.validate_config(raw, "ER"), "agent_type": "ER", "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
-    hp = config.traced_hyperparameters(cfg)
+    hp = config.grid_hyperparameters([cfg])
     keys = jax.random.split(jax.random.PRNGKey(2), 2)
 
     def one_run(run):
         state = run.init(keys)
-        state, rewards = run.chunk(state, jnp.int32(0), jnp.bool_(True), hp)
+        state, report = run.chunk(state, jnp.int32(0), jnp.bool_(True), hp)
         scores = run.evaluate(state.learner, keys, hp)
-        return jax.device_get((state.learner.q_params, rewards, scores))
+        return jax.device_get((state.learner.q_params, report, scores))
 
     first = one_run(compilation.compile_run(agent, env, cfg, program_dir=str(tmp_path)))
     saved = sorted(os.listdir(tmp_path))
@@ -303,13 +334,15 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
 
 def test_program_key_follows_the_compiled_part_of_the_config():
     cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
-    sharding = compilation.seed_sharding(cfg["num_seeds"])
+    sharding = compilation.pair_sharding(1, cfg["num_seeds"])
     key = saved_programs.program_key(cfg, sharding)
     # read only by the Python loop, or traced (an argument of the programs)
     for other in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}, {"gamma": 0.5}):
         assert saved_programs.program_key({**cfg, **other}, sharding) == key
     for other in ({"batch_size": 7}, {"double_DQN": True}, {"eval_frequency": 25}):
         assert saved_programs.program_key({**cfg, **other}, sharding) != key
+    # a grid of another size has other shapes
+    assert saved_programs.program_key({**cfg, "gamma": [0.5, 0.9]}, sharding, 2) != key
 
 
 def test_stale_observation_after_terminal_is_quirk_q1():
@@ -320,10 +353,18 @@ def test_stale_observation_after_terminal_is_quirk_q1():
         agent = train_ER_DQN.build_agent(cfg, env)
         hp = config.traced_hyperparameters(cfg)
         state = loop.init_seed(agent, env, jax.random.PRNGKey(3))
-        step = jax.jit(  # one seed, with its seed axis added and removed around `seeds_step`
+        step = jax.jit(  # one pair, with its grid and seed axes added and removed
             lambda s, a=agent, e=env, c=cfg, h=hp: jax.tree.map(
-                lambda x: x[0],
-                loop.seeds_step(a, e, c, jax.tree.map(lambda x: x[None], s), 0, False, h),
+                lambda x: x[0, 0],
+                loop.seeds_step(
+                    a,
+                    e,
+                    c,
+                    jax.tree.map(lambda x: x[None, None], s),
+                    0,
+                    False,
+                    jax.tree.map(lambda x: x[None], h),
+                ),
             )
         )
         seen_terminal = False
@@ -370,6 +411,7 @@ def test_cli_writes_out_and_params(tmp_path):
     assert set(params["Q"][0]) == {"q_function/linear", "q_function/linear_1"}
     assert isinstance(params["Q"][0]["q_function/linear"]["w"], np.ndarray)
     assert params["Q"][0]["q_function/linear"]["w"].shape == (9 * 4, 16)
+    assert_diagnostics(record)
 
 
 def test_outputs_load_without_jax(tmp_path):
@@ -503,3 +545,142 @@ def test_xla_flags_set_before_the_backend_starts_and_user_values_win(user_flags,
     assert dict(flag.split("=", 1) for flag in flags.split()) == expected
     assert flags.startswith(user_flags)  # the user's flags come first, untouched
     assert backends == "0"  # importing computed nothing, so XLA has not read its flags yet
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs that cannot crash a run: one line and exit status 2 before anything compiles
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("softmax_temp", float("nan"), "softmax_temp: expected a finite number (float32), got nan"),
+        ("gamma", float("inf"), "gamma: expected a finite number (float32), got inf"),
+        ("alpha_adam", -float("inf"), "alpha_adam: expected a finite number (float32), got -inf"),
+        ("wd_adam", 1e39, "wd_adam: expected a finite number (float32), got 1e+39"),
+        (
+            "buffer_size",
+            1_000_000_000_000,
+            "buffer_size: expected an integer of at most 2147483647 (int32), got 1000000000000",
+        ),
+        ("num_steps", 2**40, "num_steps: expected an integer of at most 2147483647"),
+    ],
+)
+def test_non_finite_floats_and_unholdable_integers_are_config_errors(key, value, expected):
+    assert config_error({**tiny_config("ER"), key: value}).startswith(expected)
+
+
+def run_shipped_er(tmp_path, text: str, quiet: bool = True):
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={path}"]
+        + [f"--output={tmp_path / 'bad'}"]
+        + (["--quiet"] if quiet else []),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
+        timeout=300,
+    )
+
+
+def shipped_er_text(**changes) -> str:
+    """configs/ER.json with some values replaced, as JSON text (Python's JSON writes NaN)."""
+    with open(os.path.join(ROOT, "configs", "ER.json")) as f:
+        raw = json.load(f)
+    return json.dumps({**raw, **changes})
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"softmax_temp": float("nan")}, "softmax_temp: expected a finite number"),
+        ({"softmax_temp": float("inf")}, "softmax_temp: expected a finite number"),
+        ({"buffer_size": 10**12}, "buffer_size: expected an integer of at most 2147483647"),
+    ],
+)
+def test_cli_rejects_nan_infinity_and_unholdable_sizes(tmp_path, changes, expected):
+    done = run_shipped_er(tmp_path, shipped_er_text(**changes))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], lines
+    assert sorted(os.listdir(tmp_path)) == ["bad.json"]  # no .out, .params or temporary file
+
+
+def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path):
+    """100 million transitions per seed x 30 seeds: 75 GB of replay, more than this machine
+    (or CI's) has. It stops after tracing the state's shapes, before compiling or allocating."""
+    available, _ = compilation.available_memory(jax.devices()[:1])
+    if available > 70 * 2**30:
+        pytest.skip("this machine could hold 75 GB")
+    done = run_shipped_er(tmp_path, shipped_er_text(buffer_size=100_000_000))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "buffer_size: the training state needs 75.0" in line, line
+    assert "(replay buffers 75.00 GB)" in line and "for 30 seeds, more than the" in line, line
+    assert "GB of this machine's available memory" in line
+
+
+def test_start_up_log_states_the_memory_the_run_needs(tmp_path):
+    raw = tiny_config("ER", num_steps=50, save_params=False)
+    done = run_shipped_er(tmp_path, json.dumps(raw), quiet=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "memory: training state 0.00 GB (replay buffers 0.00 GB) for 2 seeds;" in done.stderr
+
+
+def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(tmp_path):
+    raw = tiny_config("ER", num_steps=50, save_params=False)
+    config_path = tmp_path / "c.json"
+    config_path.write_text(json.dumps(raw))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for output, code in ((tmp_path / "new" / "run", 0), (blocker / "run", 2)):
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={config_path}"]
+            + [f"--output={output}", "--quiet"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
+        )
+        assert done.returncode == code, done.stderr[-2000:]
+    assert (tmp_path / "new" / "run.out").exists()
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("--output: cannot write") and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Two behaviours of the reference's loop
+# ------------------------------------------------------------------------------------------
+
+
+def test_a_chunk_acts_first_on_the_observation_of_the_environment_state(er_run):
+    """The reference recomputes the observation from the environment's state at the start of
+    every chunk: after a terminal last step the next chunk acts on the reset state's
+    observation, not the stale one of quirk Q1."""
+    _, env, cfg, run = er_run
+    hp = config.grid_hyperparameters([cfg])
+    state = run.init(jax.random.split(jax.random.PRNGKey(6), cfg["num_seeds"]))
+    expected = np.asarray(jax.vmap(jax.vmap(env.get_observation))(state.env_state))
+    stale = state._replace(obs=jnp.zeros_like(state.obs))  # not the environment's observation
+    state, _ = run.chunk(stale, jnp.int32(0), jnp.bool_(False), hp)
+    first = np.unpackbits(np.asarray(state.buffer.storage.obs[:, :, 0]), axis=-1)
+    np.testing.assert_array_equal(first[..., : expected.shape[-1]], expected)
+
+
+def test_without_a_target_network_bootstrap_parameters_are_set_once_per_step():
+    """With use_target false and several updates per step, the reference sets the bootstrap
+    parameters once per environment step and keeps them for all of that step's updates."""
+
+    def update(learner, buffer, key, hp):  # each update adds 1 and reports its bootstrap
+        return learner._replace(q_params=learner.q_params + 1.0), {"target": learner.q_target}
+
+    agent = loop.Agent(None, None, None, update, None, diagnostics=("target",))
+    learner = agents.Learner(q_params=jnp.float32(10.0), q_target=jnp.float32(-5.0), q_opt=None)
+    cfg = {"use_target": False, "updates_per_step": 3}
+    learner, diagnostics = loop.train_learner(agent, cfg, learner, None, 0, jax.random.key(0), {})
+    assert float(learner.q_params) == 13.0
+    # all three updates bootstrapped from the step's starting parameters (mean of 10, 10, 10),
+    # not from the parameters of the update before (10, 11, 12)
+    assert float(diagnostics["target"]) == 10.0

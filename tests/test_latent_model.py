@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import (
     ROOT,
+    assert_diagnostics,
     final_and_random_scores,
     load_pickle,
     run_script,
@@ -570,6 +571,8 @@ def test_cli_smoke_with_shipped_latent_settings(name, smoke_runs):
     for scores in out["metrics"]["reward_rates"]:
         assert isinstance(scores, np.ndarray) and scores.shape == (2,)
         assert np.all(np.isfinite(scores)) and np.all(scores <= 0)
+    terms = ("kl_posterior", "kl_prior", "posterior_entropy", "reward", "termination")
+    assert_diagnostics(out, (*terms, "reconstruction"))
 
     params = load_pickle(prefix + ".params")
     assert set(params) == {"Q", "model"}

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import (
+    assert_diagnostics,
     final_and_random_scores,
     load_pickle,
     run_script,
@@ -203,6 +204,7 @@ def test_cli_writes_metrics_and_q_parameters(tmp_path):
     for rates in out["metrics"]["reward_rates"]:
         assert isinstance(rates, np.ndarray) and rates.shape == (raw["num_seeds"],)
         assert np.all(rates <= 0) and np.all(rates >= -raw["eval_steps"])
+    assert_diagnostics(out)
 
     params = load_pickle(prefix + ".params")
     assert set(params) == {"Q"}

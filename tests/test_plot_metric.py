@@ -21,8 +21,14 @@ sys.path.insert(0, str(REPO))
 import plot_metric  # noqa: E402
 
 
-def write_out(path, values, times=None, metric="reward_rates", agent_type="ER"):
-    """Write a fake `.out` file as the training scripts do: lists of numpy arrays."""
+def write_out(
+    path, values, times=None, metric="reward_rates", agent_type="ER", extra=None, diverged=None
+):
+    """Write a fake `.out` file as the training scripts do: lists of numpy arrays.
+
+    ``extra`` maps more metric names to ``(E, S)`` arrays; ``diverged`` is an ``(E, S)`` bool
+    array stored as the ``'diverged'`` record (absent by default, as in older runs).
+    """
     values = np.asarray(values, dtype=np.float32)
     if times is None:
         times = [500 * i for i in range(values.shape[0])]
@@ -30,6 +36,10 @@ def write_out(path, values, times=None, metric="reward_rates", agent_type="ER"):
         agent_type=agent_type, seed=0, num_seeds=values.shape[1], environment="ProcMaze"
     )
     metrics = {metric: [row for row in values], "eval_times": [int(t) for t in times]}
+    for name, array in (extra or {}).items():
+        metrics[name] = [row for row in np.asarray(array, dtype=np.float32)]
+    if diverged is not None:
+        metrics["diverged"] = [row for row in np.asarray(diverged, dtype=bool)]
     with open(path, "wb") as f:
         pickle.dump({"config": config, "metrics": metrics}, f)
     return str(path)
@@ -207,6 +217,128 @@ def test_main_plots_another_metric(tmp_path):
     assert png.stat().st_size > 0
 
 
+# --- diagnostics and diverged seeds --------------------------------------------------------
+
+
+def diverging_run(num_evals=10, num_seeds=6, bad_seeds=(1, 4), from_eval=6, seed=20):
+    """Returns, a q_loss that blows up (NaN) in ``bad_seeds``, and the matching 'diverged'."""
+    returns = fake_values(num_evals, num_seeds, seed)
+    q_loss = np.abs(fake_values(num_evals, num_seeds, seed + 1)) / 100
+    diverged = np.zeros((num_evals, num_seeds), dtype=bool)
+    for s in bad_seeds:
+        returns[from_eval:, s] = -1000.0  # a diverged agent's return drags the mean down
+        q_loss[from_eval:, s] = np.nan
+        diverged[from_eval:, s] = True  # once True it stays True
+    return returns, q_loss, diverged
+
+
+def test_diverged_seeds_are_left_out_of_the_line_and_the_band(tmp_path):
+    returns, q_loss, diverged = diverging_run()
+    f = write_out(tmp_path / "ER.out", returns, extra={"q_loss": q_loss}, diverged=diverged)
+    notes = []
+    for metric in ("reward_rates", "q_loss"):
+        ax = plot_metric.plot([f], metric, window=2, warn=notes.append)
+        try:
+            values = {"reward_rates": returns, "q_loss": q_loss}[metric]
+            healthy = values.astype(np.float32).astype(np.float64)[:, [0, 2, 3, 5]]
+            _, mean, low, high = plot_metric.curve(500.0 * np.arange(10), healthy, window=2)
+            np.testing.assert_allclose(ax.lines[0].get_ydata(), mean, rtol=1e-10)
+            band = ax.collections[0].get_paths()[0].vertices[:, 1]
+            assert np.all(np.isfinite(band))  # no NaN from the diverged seeds' q_loss
+            assert band.min() == pytest.approx(low.min()) and band.max() == pytest.approx(
+                high.max()
+            )
+            assert band.min() > -500  # the -1000 returns of the diverged seeds are not in it
+        finally:
+            plt.close(ax.figure)
+    assert notes == [f"{f}: left out 2 of 6 seeds that diverged (seeds 1, 4)"] * 2
+
+
+def test_diverged_message_on_stderr_from_the_script(tmp_path):
+    returns, _, diverged = diverging_run(bad_seeds=(3,))
+    f = write_out(tmp_path / "ER.out", returns, diverged=diverged)
+    proc = run_script("--data", "ER.out", "--save", "p.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "ER.out: left out 1 of 6 seeds that diverged (seeds 3)\n"
+    assert Path(f).exists() and (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_a_file_whose_seeds_all_diverged_draws_no_line(tmp_path):
+    returns, q_loss, diverged = diverging_run(num_seeds=3, bad_seeds=(0, 1, 2))
+    bad = write_out(tmp_path / "bad.out", returns, extra={"q_loss": q_loss}, diverged=diverged)
+    good = write_out(tmp_path / "good.out", fake_values(10, 3, seed=21), extra={"q_loss": q_loss})
+    notes = []
+    ax = plot_metric.plot([bad, good], "q_loss", warn=notes.append)
+    try:
+        assert [line.get_label() for line in ax.lines] == [good[: -len(".out")]]
+    finally:
+        plt.close(ax.figure)
+    assert notes[0] == f"{bad}: all 3 seeds diverged; no line drawn"
+    # alone, it still saves a (blank) figure and exits 0 instead of crashing
+    png = tmp_path / "bad.png"
+    assert plot_metric.main(["-d", bad, "-m", "q_loss", "-o", str(png), "--no-show"]) == 0
+    assert png.stat().st_size > 0
+
+
+def test_nan_in_seeds_not_marked_diverged_leaves_gaps_not_a_crash(tmp_path, capsys):
+    values = fake_values(8, 3, seed=22)
+    loss = np.abs(values) / 10
+    loss[3, 1], loss[5, 2] = np.nan, np.inf  # an older file: no 'diverged' record
+    f = write_out(tmp_path / "old.out", values, extra={"q_loss": loss})
+    png = tmp_path / "old.png"
+    assert plot_metric.main(["-d", f, "-m", "q_loss", "-o", str(png), "--no-show"]) == 0
+    err = capsys.readouterr().err
+    assert err == (
+        f"{f}: 2 of 24 'q_loss' values are NaN or infinite in seeds not marked diverged; "
+        "the line has gaps there\n"
+    )
+    assert png.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        "q_loss",
+        "mean_abs_q",
+        "model_loss",
+        "model_reward",
+        "model_termination",
+        "model_obs",
+        "model_reconstruction",
+        "model_kl_posterior",
+        "model_kl_prior",
+        "model_posterior_entropy",
+    ],
+)
+def test_main_plots_each_diagnostic_metric(tmp_path, metric):
+    values = fake_values(6, 3, seed=23)
+    diagnostic = np.abs(values) / 7
+    f = write_out(tmp_path / "run.out", values, extra={metric: diagnostic})
+    ax = plot_metric.plot([f], metric)
+    try:
+        np.testing.assert_allclose(
+            ax.lines[0].get_ydata(), diagnostic.astype(np.float32).mean(axis=1), rtol=1e-6
+        )
+        assert ax.get_ylabel() == metric
+    finally:
+        plt.close(ax.figure)
+    png = tmp_path / f"{metric}.png"
+    assert plot_metric.main(["-d", f, "-m", metric, "-o", str(png), "--no-show"]) == 0
+    assert png.stat().st_size > 1000
+
+
+def test_metric_diverged_plots_the_fraction_of_seeds_diverged(tmp_path):
+    returns, _, diverged = diverging_run()
+    f = write_out(tmp_path / "ER.out", returns, diverged=diverged)
+    notes = []
+    ax = plot_metric.plot([f], "diverged", warn=notes.append)
+    try:
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), diverged.mean(axis=1))
+    finally:
+        plt.close(ax.figure)
+    assert notes == []  # every seed is the data here, none left out
+
+
 # --- headless subprocess and no jax ---------------------------------------------------------
 
 
@@ -267,10 +399,16 @@ def test_error_missing_file(tmp_path):
     assert_one_line_error(proc, "file not found", "nope.out")
 
 
-def test_error_unknown_metric_names_available_ones(tmp_path):
+def test_error_missing_metric_names_the_file_and_its_metrics(tmp_path):
     f = write_out(tmp_path / "ER.out", fake_values(5, 2, seed=11))
     proc = run_script("--data", f, "--metric", "losses", cwd=tmp_path)
-    assert_one_line_error(proc, "unknown metric 'losses'", "available: reward_rates")
+    assert_one_line_error(proc, f"{f} has no metric 'losses'", "it has: reward_rates")
+    # an older run lacks the diagnostics a newer one has: the error names the old file
+    new = write_out(
+        tmp_path / "new.out", fake_values(5, 2, seed=12), extra={"q_loss": np.ones((5, 2))}
+    )
+    proc = run_script("--data", new, f, "--metric", "q_loss", cwd=tmp_path)
+    assert_one_line_error(proc, f"{f} has no metric 'q_loss'")
 
 
 def test_error_window_larger_than_points(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import (
+    assert_diagnostics,
     final_and_random_scores,
     load_pickle,
     run_script,
@@ -236,14 +237,14 @@ def test_the_model_learns_a_fixed_batch_of_panflute_transitions():
     @jax.jit
     def train(learner, key):
         def body(learner, key):
-            learner, terms = sm.model_step(model, learner, transitions, key, hp)
-            return learner, terms
+            learner, diagnostics = sm.model_step(model, learner, transitions, key, hp)
+            return learner, diagnostics
 
         return jax.lax.scan(body, learner, jax.random.split(key, 300))
 
     _, terms = train(learner, jax.random.PRNGKey(2))
-    first = {name: float(v[0]) for name, v in terms.items()}
-    last = {name: float(jnp.mean(v[-10:])) for name, v in terms.items()}
+    first = {name[len("model_") :]: float(v[0]) for name, v in terms.items()}
+    last = {name[len("model_") :]: float(jnp.mean(v[-10:])) for name, v in terms.items()}
     # 15 bits at log 2 each at first; the next pipes are a shift of these plus the action.
     assert last["obs"] < 0.2 * first["obs"], (first, last)
     assert last["termination"] < 0.2 * first["termination"], (first, last)  # never terminal
@@ -260,7 +261,9 @@ def test_one_update_takes_one_model_step_and_one_q_step():
     transitions = panflute_transitions(env, jax.random.PRNGKey(1), 16)
     for i in range(16):
         buffer = agent.store(buffer, None, jax.tree.map(lambda x, i=i: x[i], transitions))
-    updated = jax.jit(agent.update)(learner, buffer, jax.random.PRNGKey(2), hp)
+    updated, diagnostics = jax.jit(agent.update)(learner, buffer, jax.random.PRNGKey(2), hp)
+    assert set(diagnostics) == set(agent.diagnostics)
+    assert all(np.isfinite(v) and v.shape == () for v in diagnostics.values())
     for opt in (updated.q_opt, updated.model_opt):
         assert optax.tree_utils.tree_get(opt, "count") == 1
     for name in ("q_params", "model_params"):
@@ -292,6 +295,7 @@ def test_cli_writes_metrics_q_and_model_parameters(tmp_path):
     for rates in out["metrics"]["reward_rates"]:
         assert isinstance(rates, np.ndarray) and rates.shape == (raw["num_seeds"],)
         assert np.all(rates <= 0) and np.all(rates >= -raw["eval_steps"])
+    assert_diagnostics(out, ("reward", "termination", "obs"))
 
     params = load_pickle(prefix + ".params")
     assert set(params) == {"Q", "model"}

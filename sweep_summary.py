@@ -1,0 +1,549 @@
+"""Rank the points of a hyperparameter grid and draw their scores (one `.out` file per point).
+
+Usage::
+
+    python sweep_summary.py --data ER_*.out [--metric reward_rates] [--save heatmap.png]
+                            [--minimize] [--no-show]
+
+A grid run writes one `.out` file per grid point, e.g. ``ER_alpha_adam=5e-05_softmax_temp=0.1
+.out``, whose config holds that point's values. The grid axes are the config keys whose values
+differ between the files; they must be numbers, and every other key (``agent_type``,
+``environment``, ...) must agree, or the files are not one grid.
+
+Score of a point: for each seed, the mean of the metric over all evaluations (the area under
+its learning curve divided by its length); the point's score is the mean over seeds, with a 95%
+percentile-bootstrap interval over seeds (`plot_metric.bootstrap_ci`, fixed RNG seed, so the
+output is deterministic). Seeds that diverged (the file's ``'diverged'`` record) stay in the
+score, since their returns are what the agent achieved, but are counted in the table.
+
+Output: a table ranked best first (highest score, or lowest with ``--minimize`` for losses),
+the best point, and a warning when the best value of an axis is the smallest or largest value
+tried. With two axes a heat map of the score is saved, with one axis a line plot; the default
+path is the files' common name prefix + ``_summary.png`` (``ER_summary.png``).
+
+Like `plot_metric.py` (whose loading and bootstrap this reuses), this imports only numpy,
+pickle and matplotlib, and opens a window only when a display exists and ``--no-show`` is not
+given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+import os
+import sys
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+import plot_metric  # selects the Agg backend when there is no display
+from plot_metric import DEFAULT_METRIC, PlotError
+
+PROG = "sweep_summary.py"
+MAX_MISSING_LISTED = 5
+MAX_TICK_CHARS = 9  # about what fits under one heat-map cell
+
+
+class SweepError(PlotError):
+    """A user-facing error: one line on stderr, exit status 2."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `.out` file reduced to what ranking needs."""
+
+    path: str
+    config: dict
+    seed_scores: np.ndarray  # (S,): each seed's metric averaged over evaluations
+    diverged: np.ndarray | None  # (S,) bool, or None when the file has no 'diverged' record
+    num_evaluations: int
+
+
+@dataclass(frozen=True)
+class Point:
+    """A scored grid point."""
+
+    path: str
+    coords: tuple  # the point's value on each axis, in axis order
+    score: float
+    low: float
+    high: float
+    num_seeds: int  # seeds with a finite score: those in the mean
+    total_seeds: int
+    num_diverged: int | None  # None: the file does not record divergence
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and finding the grid
+# --------------------------------------------------------------------------------------------
+
+
+def load_run(path: str, metric: str = DEFAULT_METRIC) -> Run:
+    """Load one `.out` file: its config as a dict and each seed's mean metric."""
+    data = plot_metric.load_out(path)
+    config = data.get("config")
+    config = vars(config) if isinstance(config, types.SimpleNamespace) else config
+    if not isinstance(config, dict):
+        raise SweepError(f"{path} has no config (expected a SimpleNamespace under 'config')")
+    metrics = data["metrics"]
+    _, values = plot_metric.metric_values(path, metrics, metric)
+    with np.errstate(invalid="ignore"):  # +inf and -inf in one seed: NaN, left out later
+        seed_scores = values.mean(axis=0)
+    diverged = None
+    if plot_metric.DIVERGED_KEY in metrics:
+        diverged = plot_metric.diverged_seeds(path, metrics, values.shape[1])
+    return Run(path, dict(config), seed_scores, diverged, values.shape[0])
+
+
+def is_number(value) -> bool:
+    """True for ints and floats (numpy's too), False for bools, which are switches, not axes."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def find_axes(runs: list[Run]) -> list[str]:
+    """The config keys whose values differ between runs, in the first config's key order.
+
+    Raises SweepError when a differing key is not a number in every file (or is missing from
+    some), since such files are not points of one numeric grid.
+    """
+    keys = list(runs[0].config)
+    keys += sorted({k for run in runs for k in run.config} - set(keys))
+    axes = []
+    for key in keys:
+        holders = [run for run in runs if key in run.config]
+        if len(holders) < len(runs):
+            lacking = next(run for run in runs if key not in run.config)
+            raise SweepError(
+                f"not one grid: '{key}' is in {holders[0].path} but not in {lacking.path}"
+            )
+        values = [run.config[key] for run in runs]
+        if all(_same(values[0], v) for v in values[1:]):
+            continue
+        if not all(is_number(v) for v in values):
+            other = next(run for run in runs if not _same(values[0], run.config[key]))
+            raise SweepError(
+                f"not one grid: '{key}' differs ({values[0]!r} in {runs[0].path}, "
+                f"{other.config[key]!r} in {other.path}); only numeric keys may vary"
+            )
+        axes.append(key)
+    return axes
+
+
+def _same(a, b) -> bool:
+    """Config values are equal: 1 and 1.0 are one point, 1 and True are not."""
+    if is_number(a) and is_number(b):
+        return a == b
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (TypeError, ValueError):  # e.g. numpy arrays: no single truth value
+        return False
+
+
+def check_distinct_points(runs: list[Run], axes: list[str]) -> None:
+    """Two files at the same grid point are two runs mixed up, not one grid: refuse them."""
+    seen = {}
+    for run in runs:
+        coords = tuple(run.config[a] for a in axes)
+        if coords in seen:
+            where = " ".join(f"{a}={format_value(v)}" for a, v in zip(axes, coords, strict=True))
+            raise SweepError(
+                f"{seen[coords]} and {run.path} are the same grid point"
+                + (f" ({where})" if where else " (identical configs)")
+            )
+        seen[coords] = run.path
+
+
+def axis_values(runs: list[Run], axis: str) -> list:
+    """The distinct values tried along ``axis``, ascending."""
+    return sorted({run.config[axis] for run in runs})
+
+
+def format_value(value) -> str:
+    """A config value as the user wrote it: repr of a float (5e-05, 0.1), str of an int."""
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+def tick_labels(values: list) -> list[str]:
+    """Axis labels: values as given when short, else 4 significant digits if still distinct.
+
+    Exact powers of two such as 2**-13 print as 0.0001220703125, which would overlap their
+    neighbours; the table keeps the exact values.
+    """
+    exact = [format_value(v) for v in values]
+    short = [
+        e if len(e) <= MAX_TICK_CHARS else f"{float(v):.4g}"
+        for v, e in zip(values, exact, strict=True)
+    ]
+    return short if len(set(short)) == len(short) else exact
+
+
+def _set_ticks(axis, positions, values) -> None:
+    """Ticks at ``positions`` labelled with ``values``; slanted when a label is still long."""
+    labels = tick_labels(values)
+    axis.set_ticks(positions, labels)
+    if max(len(label) for label in labels) > MAX_TICK_CHARS:
+        for label in axis.get_ticklabels():
+            label.set(rotation=30, horizontalalignment="right")
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring and ranking
+# --------------------------------------------------------------------------------------------
+
+
+def score_point(run: Run, axes: list[str]) -> Point:
+    """Mean over seeds of the seeds' scores, with plot_metric's 95% bootstrap interval.
+
+    Seeds whose score is NaN or infinite cannot be averaged: they are left out of this mean
+    (and counted in ``num_seeds``); diverged seeds with finite returns stay in.
+    """
+    finite = run.seed_scores[np.isfinite(run.seed_scores)]
+    if finite.size:
+        score, low, high = (float(x) for x in plot_metric.bootstrap_ci(finite))
+    else:
+        score = low = high = float("nan")
+    num_diverged = None if run.diverged is None else int(np.count_nonzero(run.diverged))
+    return Point(
+        path=run.path,
+        coords=tuple(run.config[a] for a in axes),
+        score=score,
+        low=low,
+        high=high,
+        num_seeds=int(finite.size),
+        total_seeds=int(run.seed_scores.size),
+        num_diverged=num_diverged,
+    )
+
+
+def rank(points: list[Point], minimize: bool = False) -> list[Point]:
+    """Best first; points without a finite score last; ties keep the file order."""
+    sign = 1.0 if minimize else -1.0
+    return sorted(points, key=lambda p: (not np.isfinite(p.score), sign * np.nan_to_num(p.score)))
+
+
+def edge_warnings(best: Point, runs: list[Run], axes: list[str]) -> list[str]:
+    """One warning per axis on which the best point sits at the smallest or largest value."""
+    warnings = []
+    for axis, value in zip(axes, best.coords, strict=True):
+        tried = axis_values(runs, axis)
+        if value == tried[-1]:
+            side = "largest"
+        elif value == tried[0]:
+            side = "smallest"
+        else:
+            continue
+        warnings.append(
+            f"warning: best {axis} is the {side} value tried ({format_value(value)}): "
+            "extend the grid"
+        )
+    return warnings
+
+
+def missing_points(runs: list[Run], axes: list[str]) -> list[tuple]:
+    """Coordinates of the full grid (every combination of axis values) that no file holds."""
+    present = {tuple(run.config[a] for a in axes) for run in runs}
+    grid = itertools.product(*(axis_values(runs, a) for a in axes))
+    return [coords for coords in grid if coords not in present]
+
+
+def uneven_evaluations_warning(runs: list[Run]) -> str | None:
+    """Runs stopped at different evaluations score different stretches of training: say so."""
+    counts = sorted({run.num_evaluations for run in runs})
+    if len(counts) == 1:
+        return None
+    return (
+        f"warning: runs have {counts[0]} to {counts[-1]} evaluations; "
+        "unfinished runs score only the start of training, so compare finished runs"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Text report
+# --------------------------------------------------------------------------------------------
+
+
+def number_format(points: list[Point]) -> str:
+    """A fixed-decimals format giving the largest score 3 significant digits (-12.3, 0.0123)."""
+    finite = [abs(x) for p in points for x in (p.score, p.low, p.high) if np.isfinite(x)]
+    largest = max(finite, default=0.0)
+    if largest == 0.0:
+        return "{:.3f}"
+    decimals = max(0, 2 - int(np.floor(np.log10(largest))))
+    return f"{{:.{decimals}f}}"
+
+
+def format_table(ranked: list[Point], axes: list[str]) -> str:
+    """The ranking as aligned text columns: rank, axis values, score, interval, seeds, diverged."""
+    fmt = number_format(ranked)
+    header = ["rank", *axes, "score", "95% interval", "seeds", "diverged"]
+    rows = [header]
+    for i, p in enumerate(ranked, start=1):
+        seeds = (
+            str(p.num_seeds) if p.num_seeds == p.total_seeds else f"{p.num_seeds}/{p.total_seeds}"
+        )
+        rows.append(
+            [
+                str(i),
+                *(format_value(v) for v in p.coords),
+                fmt.format(p.score),
+                f"[{fmt.format(p.low)}, {fmt.format(p.high)}]",
+                seeds,
+                "n/a" if p.num_diverged is None else str(p.num_diverged),
+            ]
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def best_line(best: Point, axes: list[str], fmt: str) -> str:
+    """``best: a=1 b=2 score -12.3 [-13.0, -11.6] (file.out)``."""
+    where = " ".join(f"{a}={format_value(v)}" for a, v in zip(axes, best.coords, strict=True))
+    summary = f"score {fmt.format(best.score)} [{fmt.format(best.low)}, {fmt.format(best.high)}]"
+    return f"best: {where + ' ' if where else ''}{summary} ({best.path})"
+
+
+def report_lines(runs: list[Run], axes: list[str], ranked: list[Point]) -> list[str]:
+    """Everything printed to stdout, in order: table, best point, warnings, missing points."""
+    lines = [format_table(ranked, axes), best_line(ranked[0], axes, number_format(ranked))]
+    lines += edge_warnings(ranked[0], runs, axes) if np.isfinite(ranked[0].score) else []
+    for p in ranked:
+        if p.num_seeds < p.total_seeds:
+            lines.append(
+                f"note: {p.path}: {p.total_seeds - p.num_seeds} of {p.total_seeds} seeds have "
+                "a NaN or infinite score and are left out of its mean"
+            )
+    uneven = uneven_evaluations_warning(runs)
+    lines += [uneven] if uneven else []
+    missing = missing_points(runs, axes)
+    if missing:
+        listed = "; ".join(
+            " ".join(f"{a}={format_value(v)}" for a, v in zip(axes, c, strict=True))
+            for c in missing[:MAX_MISSING_LISTED]
+        )
+        more = (
+            f" and {len(missing) - MAX_MISSING_LISTED} more"
+            if len(missing) > MAX_MISSING_LISTED
+            else ""
+        )
+        has = "grid point has" if len(missing) == 1 else "grid points have"
+        blank = " (blank in the heat map)" if len(axes) == 2 else ""
+        lines.append(f"note: {len(missing)} {has} no file{blank}: {listed}{more}")
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+
+def default_save_path(paths: list[str], config_keys=()) -> str:
+    """Common file-name prefix before the first ``key=value`` + ``_summary.png``, next to them.
+
+    ``ER_alpha_adam=5e-05_softmax_temp=0.1.out`` and its siblings give ``ER_summary.png``. The
+    prefix is cut before the first ``_<config key>=`` it contains (keys hold underscores too,
+    so the last ``_`` before ``=`` would cut ``alpha_adam`` in half).
+    """
+    names = [_stem(os.path.basename(p)) for p in paths]
+    prefix = os.path.commonprefix(names)
+    starts = [prefix.find(f"_{key}=") for key in config_keys]
+    starts = [i for i in starts if i >= 0]
+    if starts:
+        prefix = prefix[: min(starts)]
+    elif "=" in prefix:  # keys unknown: cut at the last '_' before the first '='
+        prefix = prefix[: prefix.rfind("_", 0, prefix.index("="))]
+    prefix = prefix.rstrip("_-. ") or "sweep"
+    folders = {os.path.dirname(p) for p in paths}
+    folder = folders.pop() if len(folders) == 1 else ""
+    return os.path.join(folder, f"{prefix}_summary.png")
+
+
+def _stem(name: str) -> str:
+    return name[: -len(".out")] if name.endswith(".out") else name
+
+
+def figure_title(runs: list[Run], metric: str) -> str:
+    config = runs[0].config
+    agent, env = config.get("agent_type", "?"), config.get("environment", "?")
+    return f"{agent} on {env}: {metric} averaged over training"
+
+
+def score_grid(points: list[Point], x_values: list, y_values: list) -> np.ndarray:
+    """``(len(y), len(x))`` scores, NaN where the grid has no file (drawn blank)."""
+    grid = np.full((len(y_values), len(x_values)), np.nan)
+    for p in points:
+        grid[y_values.index(p.coords[1]), x_values.index(p.coords[0])] = p.score
+    return grid
+
+
+def diverged_grid(points: list[Point], x_values: list, y_values: list) -> np.ndarray:
+    """``(len(y), len(x))`` counts of diverged seeds (0 where unknown or missing)."""
+    grid = np.zeros((len(y_values), len(x_values)), dtype=int)
+    for p in points:
+        grid[y_values.index(p.coords[1]), x_values.index(p.coords[0])] = p.num_diverged or 0
+    return grid
+
+
+def draw_heatmap(points, runs, axes, best, metric, title, fmt, ax):
+    """Score of each (x = first axis, y = second axis) cell, annotated, the best one outlined."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    x_values, y_values = axis_values(runs, axes[0]), axis_values(runs, axes[1])
+    grid = np.ma.masked_invalid(score_grid(points, x_values, y_values))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    image = ax.imshow(grid, cmap=cmap, origin="lower", aspect="auto")
+    colorbar = ax.figure.colorbar(image, ax=ax)
+    colorbar.set_label(f"{metric} (mean over evaluations and seeds)")
+    diverged = diverged_grid(points, x_values, y_values)
+    for (row, col), score in np.ndenumerate(grid.filled(np.nan)):
+        if not np.isfinite(score):
+            continue  # a missing point stays blank
+        text = fmt.format(score)
+        if diverged[row, col]:  # the researcher should see unstable points at a glance
+            text += f"\n{diverged[row, col]} diverged"
+        color = _text_color(image, score)
+        ax.text(col, row, text, ha="center", va="center", color=color, fontsize=9)
+    if np.isfinite(best.score):
+        col, row = x_values.index(best.coords[0]), y_values.index(best.coords[1])
+        ax.add_patch(
+            Rectangle(
+                (col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3, label="best"
+            )
+        )
+    _set_ticks(ax.xaxis, range(len(x_values)), x_values)
+    ax.yaxis.set_ticks(range(len(y_values)), tick_labels(y_values))
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title)
+    return ax
+
+
+def _text_color(image, value: float) -> str:
+    """Black on light cells, white on dark ones, so every annotation is readable."""
+    r, g, b, _ = image.cmap(image.norm(value))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+def draw_line(points, axes, best, metric, title, ax):
+    """Score ± interval against the single axis; log x when positive values span > 10x."""
+    ordered = sorted(points, key=lambda p: p.coords[0])
+    x = np.array([float(p.coords[0]) for p in ordered])
+    score = np.array([p.score for p in ordered])
+    yerr = np.array([[p.score - p.low for p in ordered], [p.high - p.score for p in ordered]])
+    ax.errorbar(x, score, yerr=yerr, marker="o", capsize=4, label="score, 95% interval")
+    if np.isfinite(best.score):
+        ax.plot(
+            [float(best.coords[0])],
+            [best.score],
+            marker="*",
+            markersize=16,
+            color="red",
+            linestyle="none",
+            label="best",
+        )
+    if np.all(x > 0) and x.max() > 10 * x.min():
+        ax.set_xscale("log")
+        ax.minorticks_off()  # the values tried are the ticks, not decades
+    _set_ticks(ax.xaxis, x, [p.coords[0] for p in ordered])
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(f"{metric} (mean over evaluations and seeds)")
+    ax.set_title(title)
+    ax.grid(True)
+    ax.legend()
+    return ax
+
+
+def draw(points, runs, axes, best, metric):
+    """The figure for 1 or 2 axes; None (no picture) otherwise."""
+    import matplotlib.pyplot as plt
+
+    title, fmt = figure_title(runs, metric), number_format(points)
+    if len(axes) == 2:
+        nx, ny = len(axis_values(runs, axes[0])), len(axis_values(runs, axes[1]))
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * nx + 3.0), max(4.5, 0.6 * ny + 2.5)))
+        draw_heatmap(points, runs, axes, best, metric, title, fmt, ax)
+        return fig
+    if len(axes) == 1:
+        fig, ax = plt.subplots(figsize=(7.0, 4.5))
+        draw_line(points, axes, best, metric, title, ax)
+        return fig
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    parser = plot_metric.OneLineErrorParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", "-d", nargs="+", required=True, metavar="FILE", help="the grid's .out files"
+    )
+    parser.add_argument("--metric", "-m", default=DEFAULT_METRIC, help="metric to score")
+    parser.add_argument(
+        "--save", "-o", metavar="PATH", help="picture path (default: <common prefix>_summary.png)"
+    )
+    parser.add_argument(
+        "--minimize", action="store_true", help="lower is better (for losses): rank lowest first"
+    )
+    parser.add_argument("--no-show", action="store_true", help="never open a window")
+    return parser
+
+
+def summarise(paths: list[str], metric: str, minimize: bool):
+    """Load, check, score and rank: ``(runs, axes, ranked points)``; raises SweepError."""
+    runs = [load_run(path, metric) for path in paths]
+    axes = find_axes(runs)
+    check_distinct_points(runs, axes)
+    ranked = rank([score_point(run, axes) for run in runs], minimize)
+    return runs, axes, ranked
+
+
+def save_figure(fig, path: str) -> None:
+    try:
+        fig.savefig(path, format="png", bbox_inches="tight", dpi=120)
+    except OSError as e:
+        raise SweepError(f"cannot save {path}: {e.strerror or e}") from None
+
+
+def main(argv=None) -> int:
+    """Command-line entry point; returns 0, or exits with status 2 on a user error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import matplotlib.pyplot as plt
+
+    try:
+        runs, axes, ranked = summarise(args.data, args.metric, args.minimize)
+    except PlotError as e:
+        parser.exit(2, f"{PROG}: error: {e}\n")
+    print("\n".join(report_lines(runs, axes, ranked)))
+    fig = draw(ranked, runs, axes, ranked[0], args.metric)
+    if fig is None:
+        kind = "a 1-point grid" if not axes else f"{len(axes)} axes ({', '.join(axes)})"
+        ignored = "; --save ignored" if args.save else ""
+        print(f"no picture for {kind}: a heat map needs 2 axes, a line plot 1{ignored}")
+        return 0
+    path = args.save or default_save_path(args.data, runs[0].config)
+    try:
+        save_figure(fig, path)
+    except SweepError as e:
+        plt.close(fig)
+        parser.exit(2, f"{PROG}: error: {e}\n")
+    print(f"saved {path}")
+    if not args.no_show and plot_metric.can_show():
+        plt.show()
+    plt.close(fig)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
