@@ -59,6 +59,7 @@ class CompiledRun(NamedTuple):
     """The three jitted functions of a run, each compiled once, all over the [G, S] axes of
     (grid point, seed) pairs; `hp` has the grid axis [G]."""
 
+    pairs: NamedSharding  # where the training state lives (`pair_sharding`)
     init: Callable  # keys [S] -> TrainState [G, S]: every grid point starts from the same keys
     chunk: Callable  # (TrainState, t0, train, hp) -> (TrainState, ChunkReport); donates state
     evaluate: Callable  # (learner, keys [S], hp) -> scores [G, S]
@@ -123,13 +124,15 @@ def compile_run(
         "evaluate": (evaluate, dict(in_shardings=(pairs, shared, by_point), out_shardings=pairs)),
     }
     if program_dir is None:
-        return CompiledRun(**{name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()})
+        jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}
+        return CompiledRun(pairs, **jitted)
     run_key = program_key(cfg, pairs, num_points)
     return CompiledRun(
+        pairs,
         **{
             name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
             for name, (fn, kw) in functions.items()
-        }
+        },
     )
 
 
@@ -154,15 +157,22 @@ def enable_compilation_cache() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def training_state_bytes(agent: loop.Agent, env, num_pairs: int) -> tuple[int, int]:
-    """(all, replay buffers) bytes of the training state of `num_pairs` (grid point, seed)
-    pairs, from the shapes of one seed's state (traced, not compiled or allocated)."""
-    shapes = jax.eval_shape(lambda key: loop.init_seed(agent, env, key), jax.random.PRNGKey(0))
+def state_shapes(agent: loop.Agent, env, num_points: int, num_seeds: int):
+    """The training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front: traced from one
+    seed's initial state, neither compiled nor allocated."""
+    one = jax.eval_shape(lambda key: loop.init_seed(agent, env, key), jax.random.PRNGKey(0))
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((num_points, num_seeds, *x.shape), x.dtype), one
+    )
+
+
+def training_state_bytes(shapes) -> tuple[int, int]:
+    """(all, replay buffers) bytes of a training state of these `state_shapes`."""
 
     def nbytes(tree) -> int:
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
-    return nbytes(shapes) * num_pairs, nbytes(shapes.buffer) * num_pairs
+    return nbytes(shapes), nbytes(shapes.buffer)
 
 
 def available_memory(devices) -> tuple[int, str]:
@@ -182,7 +192,7 @@ def check_memory(agent: loop.Agent, env, cfg: dict, num_points: int, devices=Non
     """Raise `ConfigError` when the training state of the run cannot fit on the devices that
     will hold it; else return a line for the start-up log saying how much it takes."""
     num_seeds = cfg["num_seeds"]
-    total, buffers = training_state_bytes(agent, env, num_points * num_seeds)
+    total, buffers = training_state_bytes(state_shapes(agent, env, num_points, num_seeds))
     used = list(pair_sharding(num_points, num_seeds, devices).mesh.devices.flat)
     available, where = available_memory(used)
     points = f" x {num_points} grid points" if num_points > 1 else ""

@@ -112,6 +112,9 @@ SCHEMA: dict[str, Key] = {
     "eval_batch_size": _positive("evaluation environments per seed"),
     "save_params": Key(bool, True, "write <output>.params"),
     "save_frequency": _positive("steps between parameter saves"),
+    "checkpoint_frequency": Key(
+        int, None, "steps between checkpoints (default: a tenth of num_steps)", low=1
+    ),
     # environment
     "environment": Key(str, REQUIRED, "environment name", choices=tuple(environments.ENVIRONMENTS)),
     "env_config": Key(dict, {}, "environment constructor arguments"),

@@ -3,7 +3,8 @@
 
 config file -> validated config (`config.py`) -> the loop of `loop.py`, jitted and sharded over
 the devices (`compilation.py`) -> greedy evaluation after each chunk -> `<output>.out` (and
-`<output>.params`) written atomically (`outputs.py`).
+`<output>.params`) written atomically (`outputs.py`), and `<output>.ckpt` to resume from
+(`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoint
 import config
 import environments
-from compilation import check_memory, compile_run, enable_compilation_cache
+from compilation import check_memory, compile_run, enable_compilation_cache, state_shapes
 from loop import Agent
 from outputs import check_writable, out_record, save_params, write_pickle_atomic
 
@@ -32,6 +34,11 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", "-c", required=True, help="path to a JSON config")
     parser.add_argument("--output", "-o", default=agent_type, help="output prefix")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or logs")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,27 +78,42 @@ def train(
     output: str,
     quiet: bool = False,
     program_dir: str | None = None,
+    resume: bool = False,
 ) -> list[dict]:
     """The whole run of every grid point (one, for a config without lists); returns the `.out`
-    record of each point as last written. `program_dir`: see `compile_run`."""
+    record of each point as last written. `program_dir`: see `compile_run`. With `resume`, the
+    run goes on from `<output>.ckpt` when there is one (`checkpoint.load` raises
+    `CheckpointError`, before anything compiles, when it cannot)."""
     from tqdm import tqdm
 
     points, axes = config.grid_points(cfg), config.grid_axes(cfg)
     prefixes = output_prefixes(output, points, axes)
     num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
     num_chunks = cfg["num_steps"] // chunk_steps
+    checkpoint_path = f"{output}.ckpt"
+    shapes = state_shapes(agent, env, len(points), num_seeds)
+    restored = None
+    if resume and os.path.exists(checkpoint_path):
+        restored = checkpoint.load(checkpoint_path, cfg, shapes)
+        checkpoint.remove_partial_files([output, *prefixes])
+    elif resume and not quiet:
+        print(f"--resume: no checkpoint {checkpoint_path}; starting at step 0", file=sys.stderr)
     run = compile_run(agent, env, cfg, len(points), program_dir=program_dir)
     hp = config.grid_hyperparameters(points)
     init_key, eval_key = jax.random.split(jax.random.PRNGKey(seed))
-    state = run.init(jax.random.split(init_key, num_seeds))
+    if restored is None:
+        state = run.init(jax.random.split(init_key, num_seeds))
+        metrics = ("reward_rates", *agent.diagnostics, "diverged")
+        progress = checkpoint.Progress.start(metrics)  # each: one [G, S] array per evaluation
+    else:
+        state = checkpoint.place(restored.leaves, shapes, run.pairs)
+        progress = restored.progress
 
-    # Each metric: one [G, S] array per evaluation.
-    history = {"reward_rates": [], **{name: [] for name in agent.diagnostics}, "diverged": []}
-    eval_times: list[int] = []
-    diverged = np.zeros((len(points), num_seeds), bool)
+    history, eval_times = progress.history, progress.eval_times
+    steps_since_save, steps_since_checkpoint = progress.steps_since_save, 0
     schedule = OutputSchedule()
-    steps_since_save = 0
-    bar = tqdm(range(num_chunks), disable=quiet, unit="chunk", dynamic_ncols=True)
+    first = progress.chunks_done
+    bar = tqdm(range(first, num_chunks), disable=quiet, unit="chunk", dynamic_ncols=True)
     for i in bar:
         t0 = i * chunk_steps
         if cfg["save_params"] and steps_since_save >= cfg["save_frequency"]:
@@ -101,30 +123,39 @@ def train(
         state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), hp)
         keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
         scores = np.asarray(run.evaluate(state.learner, keys, hp), dtype=np.float32)
-        report = jax.device_get(report)
-        for g, s in zip(*np.nonzero(report.nonfinite & ~diverged), strict=True):
-            print(
-                f"warning: {pair_label(points, axes, g, s)} diverged: non-finite Q values or "
-                f"losses in the chunk before evaluation {i} (t={t0}); the other seeds go on",
-                file=sys.stderr,
-            )
-        diverged = diverged | report.nonfinite
-        history["reward_rates"].append(scores)
-        for name, value in report.diagnostics.items():
-            history[name].append(np.asarray(value, np.float32))
-        history["diverged"].append(diverged)
+        record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
         eval_times.append(t0)
         steps_since_save += chunk_steps
-        if schedule.due(last=i == num_chunks - 1):
+        steps_since_checkpoint += chunk_steps
+        last = i == num_chunks - 1
+        if schedule.due(last):
             started = time.monotonic()
             for g, prefix in enumerate(prefixes):
-                record = out_record(points[g], eval_times, history, g)
-                write_pickle_atomic(f"{prefix}.out", record)
+                write_pickle_atomic(f"{prefix}.out", out_record(points[g], eval_times, history, g))
             schedule.written(started)
+        if last or steps_since_checkpoint >= checkpoint.checkpoint_every(cfg):
+            progress = checkpoint.Progress(i + 1, steps_since_save, eval_times, history)
+            checkpoint.save(checkpoint_path, cfg, state, progress)
+            steps_since_checkpoint = 0
         show_progress(bar, quiet, t0 + chunk_steps, scores, points, axes)
     if cfg["save_params"]:
         save_params([f"{p}.params" for p in prefixes], agent, state.learner)
     return [out_record(points[g], eval_times, history, g) for g in range(len(points))]
+
+
+def record_evaluation(history: dict, scores, report, points, axes, i: int, t0: int) -> None:
+    """Append one evaluation's [G, S] metrics to `history`; say which pairs just diverged."""
+    diverged = history["diverged"][-1] if history["diverged"] else np.zeros(scores.shape, bool)
+    for g, s in zip(*np.nonzero(report.nonfinite & ~diverged), strict=True):
+        print(
+            f"warning: {pair_label(points, axes, g, s)} diverged: non-finite Q values or "
+            f"losses in the chunk before evaluation {i} (t={t0}); the other seeds go on",
+            file=sys.stderr,
+        )
+    history["reward_rates"].append(scores)
+    for name, value in report.diagnostics.items():
+        history[name].append(np.asarray(value, np.float32))
+    history["diverged"].append(diverged | report.nonfinite)
 
 
 def show_progress(bar, quiet: bool, t: int, scores: np.ndarray, points, axes) -> None:
@@ -167,7 +198,13 @@ def main(agent_type: str, build_agent: Callable[[dict, Any], Agent], argv=None) 
         fail(args.config, error)
     if not args.quiet:
         print(memory, file=sys.stderr)
-    records = train(agent, env, cfg, args.seed, args.output, args.quiet, program_dir)
+    try:
+        records = train(
+            agent, env, cfg, args.seed, args.output, args.quiet, program_dir, args.resume
+        )
+    except checkpoint.CheckpointError as error:
+        print(f"--resume: {error}", file=sys.stderr)
+        sys.exit(2)
     if not args.quiet:
         steps = cfg["num_steps"] * cfg["num_seeds"] * num_points
         elapsed = time.time() - start

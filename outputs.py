@@ -69,5 +69,7 @@ def out_record(cfg: dict, eval_times: list[int], history: dict[str, list], g: in
     `reward_rates` and `eval_times` come first, as in the reference's files."""
     metrics = {"reward_rates": [], "eval_times": list(eval_times)}
     for name, values in history.items():
-        metrics[name] = [np.asarray(v[g]) for v in values]
+        # Fresh copies: every array pickles alike (writable), wherever it came from (a device,
+        # a checkpoint), so a resumed run writes the same bytes as an uninterrupted one.
+        metrics[name] = [np.array(v[g]) for v in values]
     return {"config": types.SimpleNamespace(**cfg), "metrics": metrics}

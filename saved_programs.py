@@ -29,7 +29,14 @@ _SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Keys read only by the Python loop of `train`, never inside a compiled function.
 HOST_ONLY_KEYS = frozenset(
-    {"seed", "num_steps", "training_start_time", "save_params", "save_frequency"}
+    {
+        "seed",
+        "num_steps",
+        "training_start_time",
+        "save_params",
+        "save_frequency",
+        "checkpoint_frequency",
+    }
 )
 
 

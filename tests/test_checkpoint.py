@@ -1,0 +1,166 @@
+"""Checkpoints: a run killed part-way and resumed ends exactly as the run never interrupted."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+
+import checkpoint
+import config
+
+NUM_STEPS = 3000  # 60 chunks of 50 steps: long enough to be killed part-way
+
+
+def start(agent_type: str, raw: dict, tmp_path, output: str, *flags) -> subprocess.Popen:
+    path = tmp_path / f"{output}.json"
+    path.write_text(json.dumps(raw))
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, SCRIPTS[agent_type]), "--seed=1", f"--config={path}"]
+        + [f"--output={tmp_path / output}", "--quiet", *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # One compilation cache for all the runs of a test: later launches load the program.
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")},
+    )
+
+
+def finish(process: subprocess.Popen) -> str:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def kill_after_first_checkpoint(process: subprocess.Popen, checkpoint_path) -> None:
+    deadline = time.time() + 300
+    while not os.path.exists(checkpoint_path) and process.poll() is None:
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+
+
+def output_files(tmp_path, output: str) -> list[str]:
+    return sorted(
+        name[len(output) :]
+        for name in os.listdir(tmp_path)
+        if name.startswith(output) and name.endswith((".out", ".params"))
+    )
+
+
+def assert_same_files(tmp_path, a: str, b: str) -> None:
+    names = output_files(tmp_path, a)
+    assert names and names == output_files(tmp_path, b)
+    for name in names:
+        first, second = ((tmp_path / (p + name)).read_bytes() for p in (a, b))
+        assert first == second, name  # bit for bit
+
+
+CASES = {
+    # a grid of two points: a grid run checkpoints and resumes its whole state too
+    "ER": {"alpha_adam": [1e-3, 3e-3]},
+    "perfect_model": {},
+    "simple_model": {},
+    "latent_model": {},
+}
+
+
+@pytest.mark.parametrize("agent_type", list(CASES))
+def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(agent_type, tmp_path):
+    raw = tiny_config(agent_type, num_steps=NUM_STEPS, checkpoint_frequency=50, **CASES[agent_type])
+    finish(start(agent_type, raw, tmp_path, "whole"))
+
+    killed = start(agent_type, raw, tmp_path, "cut")
+    kill_after_first_checkpoint(killed, tmp_path / "cut.ckpt")
+    assert killed.returncode == -signal.SIGKILL
+    out = next(name for name in output_files(tmp_path, "cut") if name.endswith(".out"))
+    evaluations = len(load_pickle(tmp_path / f"cut{out}")["metrics"]["eval_times"])
+    assert evaluations < NUM_STEPS // 50  # it was killed part-way
+
+    finish(start(agent_type, raw, tmp_path, "cut", "--resume"))
+    assert_same_files(tmp_path, "whole", "cut")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_extend_a_finished_run_and_refuse_a_changed_config(tmp_path):
+    raw = tiny_config("ER", num_steps=200)
+    finish(start("ER", raw, tmp_path, "short"))
+    longer = {**raw, "num_steps": 400}
+    # Changing only num_steps extends a finished run: as if it had been 400 steps long.
+    finish(start("ER", longer, tmp_path, "short", "--resume"))
+    finish(start("ER", longer, tmp_path, "long"))
+    assert_same_files(tmp_path, "long", "short")
+
+    changed = start("ER", {**longer, "gamma": 0.5}, tmp_path, "short", "--resume")
+    _, stderr = changed.communicate(timeout=300)
+    assert changed.returncode == 2
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("--resume: gamma: the checkpoint ") and "gamma=0.9" in line, line
+    assert "the config has 0.5" in line
+
+
+# ------------------------------------------------------------------------------------------
+# The checkpoint file itself
+# ------------------------------------------------------------------------------------------
+
+
+def small_checkpoint(tmp_path):
+    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "agent_type": "ER", "seed": 0}
+    state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
+    progress = checkpoint.Progress(1, 50, [0], history)
+    path = str(tmp_path / "run.ckpt")
+    checkpoint.save(path, cfg, state, progress)
+    return path, cfg, state, shapes, progress
+
+
+def test_a_checkpoint_loads_with_numpy_and_restores_state_and_progress(tmp_path):
+    path, cfg, state, shapes, progress = small_checkpoint(tmp_path)
+    restored = checkpoint.load(path, cfg, shapes)
+    np.testing.assert_array_equal(restored.leaves[0], state["n"])  # leaves in tree order
+    np.testing.assert_array_equal(restored.leaves[1], state["w"])
+    assert restored.progress.chunks_done == 1 and restored.progress.steps_since_save == 50
+    assert restored.progress.eval_times == [0]
+    for name, values in progress.history.items():
+        np.testing.assert_array_equal(restored.progress.history[name], values)
+    with np.load(path, allow_pickle=False) as archive:  # no pickle: loads anywhere
+        assert json.loads(str(archive["meta"]))["config"]["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"num_seeds": 3}, "num_seeds: the checkpoint"),
+        ({"seed": 1}, "seed: the checkpoint"),
+        ({"environment": "OpenGrid"}, "environment: the checkpoint"),
+        ({"num_hidden_units": 32}, "num_hidden_units: the checkpoint"),
+        ({"agent_type": "perfect_model"}, "agent_type: the checkpoint"),
+        ({"num_steps": 20}, "num_steps: the checkpoint"),  # shorter than what was run
+    ],
+)
+def test_resuming_with_another_config_names_the_difference(tmp_path, change, expected):
+    path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path, {**cfg, **change}, shapes)
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_a_state_of_another_layout_or_a_damaged_file_is_refused(tmp_path):
+    path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
+    other = {**shapes, "w": jax.ShapeDtypeStruct((1, 2, 4), np.float32)}
+    with pytest.raises(checkpoint.CheckpointError, match="layout"):
+        checkpoint.load(path, cfg, other)
+    (tmp_path / "run.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
+        checkpoint.load(path, cfg, shapes)
+    # the next checkpoint interval default: a tenth of the run
+    assert checkpoint.checkpoint_every({**cfg, "checkpoint_frequency": None}) == 20
