@@ -2,6 +2,9 @@
 
     python benchmark.py              # all agents, 1 and 8 seeds (< 10 min on 2 cores)
     python benchmark.py --agents ER simple_model --seeds 1 8 30 --output benchmarks/cpu
+    python benchmark.py --seeds 30 --grid-seeds 30      # also a 3x3 grid x 30 seeds as one run
+    python benchmark.py --grid --agents ER simple_model --seeds 8   # grid vs nine runs
+    python benchmark.py --overheads --seeds 8           # diagnostics and checkpoint costs
 
 Each (agent, seeds) point runs in a fresh subprocess (so peak memory is that point's own) on its
 shipped config with `eval_frequency` 250 and the shipped network, batch and buffer sizes. It
@@ -18,6 +21,11 @@ reports:
 - roofline: that rate over XLA's own dense float32 matmul throughput measured in the same
   process (`matmul_gflops`);
 - peak memory: the process's peak RSS, and the device's peak bytes on a GPU.
+With `--grid-seeds`, a 3 x 3 grid (step size x temperature at half, once and twice the shipped
+values) runs as one compiled run too; its steps/s are summed over the 9 x S pairs. `--grid`
+instead compares that grid, as one run, with its nine points as nine separate processes (wall
+time including compilation, steady-state rate, peak RSS). `--overheads` times the run's
+bookkeeping: the training diagnostics (`measure_overheads`) and writing a checkpoint.
 It writes `<output>.json` and `<output>.md`.
 """
 
@@ -130,7 +138,33 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dict:
+def shipped_config(name: str, num_seeds: int, num_steps: int, **changes) -> tuple[dict, str]:
+    """(raw config, agent type) of an agent's shipped config at the benchmark's settings."""
+    _, config_path, agent_type = AGENT_CONFIGS[name]
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), config_path)) as f:
+        raw = json.load(f)
+    raw.update(num_seeds=num_seeds, eval_frequency=250, num_steps=num_steps)
+    raw.update(training_start_time=0, **changes)
+    return raw, agent_type
+
+
+def step_size_key(agent_type: str) -> str:
+    return "alpha_adam" if agent_type in ("ER", "perfect_model") else "Q_alpha"
+
+
+def grid_changes(name: str) -> dict:
+    """The 3 x 3 grid of `--grid`: step size and temperature at 1/2, 1 and 2 times shipped."""
+    raw, agent_type = shipped_config(name, 1, 250)
+    key = step_size_key(agent_type)
+    return {
+        key: [raw[key] / 2, raw[key], raw[key] * 2],
+        "softmax_temp": [raw["softmax_temp"] / 2, raw["softmax_temp"], raw["softmax_temp"] * 2],
+    }
+
+
+def measure(
+    name: str, num_seeds: int, timed_chunks: int, cache_dir: str, grid: bool = False
+) -> dict:
     import importlib
 
     import jax
@@ -146,18 +180,19 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     import environments
     import loop
 
-    module, config_path, agent_type = AGENT_CONFIGS[name]
+    module = AGENT_CONFIGS[name][0]
     build_agent = importlib.import_module(module).build_agent
-    with open(config_path) as f:
-        raw = json.load(f)
-    raw.update(num_seeds=num_seeds, eval_frequency=250, num_steps=250 * (timed_chunks + 1))
-    raw.update(training_start_time=0)
+    raw, agent_type = shipped_config(
+        name, num_seeds, 250 * (timed_chunks + 1), **(grid_changes(name) if grid else {})
+    )
     cfg = {**config.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
+    points = config.grid_points(cfg)
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = build_agent(cfg, env)
     # As `experiment.main`: saved programs beside XLA's cache, so a second launch loads both.
-    run = compilation.compile_run(agent, env, cfg, program_dir=os.path.join(cache_dir, "programs"))
-    hp = config.traced_hyperparameters(cfg)
+    programs = os.path.join(cache_dir, "programs")
+    run = compilation.compile_run(agent, env, cfg, len(points), program_dir=programs)
+    hp = config.grid_hyperparameters(points)
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
 
     start = time.perf_counter()
@@ -178,7 +213,8 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
         times.append(time.perf_counter() - tick)
     scores = evaluate(state.learner, keys, hp)
     assert np.all(np.isfinite(np.asarray(scores)))
-    steps_per_second = 250 * num_seeds / float(np.median(times[1:]))
+    pairs = num_seeds * len(points)
+    steps_per_second = 250 * pairs / float(np.median(times[1:]))
 
     flops = flops_per_step(agent_type, cfg, loop.observation_size(env), env.num_actions())
     gflops = flops * steps_per_second / 1e9
@@ -188,6 +224,7 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     return {
         "agent": name,
         "seeds": num_seeds,
+        "grid_points": len(points),
         "compile_s": round(compile_seconds, 2),
         "xla_compile_s": round(xla_seconds, 2),
         "steps_per_s": round(steps_per_second, 1),
@@ -201,27 +238,192 @@ def measure(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dic
     }
 
 
+def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dict:
+    """What the run's bookkeeping costs beside the training itself:
+    - diagnostics: chunk time of the agent as it is against the same agent with its
+      diagnostics dropped (`update` reports nothing, so XLA removes the reductions and the
+      finiteness checks), timed alternately in one process;
+    - checkpoint: seconds to write one checkpoint (`checkpoint.save`) and its size, and what
+      that costs at the default interval (10 per run) of the shipped run (1M steps per seed)."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import checkpoint
+    import compilation
+    import config
+    import environments
+
+    module = AGENT_CONFIGS[name][0]
+    build_agent = importlib.import_module(module).build_agent
+    raw, agent_type = shipped_config(name, num_seeds, 250 * (timed_chunks + 1))
+    cfg = {**config.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    agent = build_agent(cfg, env)
+    silent = agent._replace(update=lambda *a: (agent.update(*a)[0], {}), diagnostics=())
+    hp = config.grid_hyperparameters([cfg])
+    keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
+    variants = {}
+    for label, variant in (("with", agent), ("without", silent)):
+        run = compilation.compile_run(variant, env, cfg)
+        state = run.init(keys)
+        state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(True), hp)  # compile and warm up
+        variants[label] = [run, state, []]
+    for i in range(timed_chunks):
+        for entry in variants.values():
+            run, state, times = entry
+            tick = time.perf_counter()
+            state, _ = run.chunk(state, jnp.int32(250 * (i + 1)), jnp.bool_(True), hp)
+            jax.block_until_ready(state)
+            times.append(time.perf_counter() - tick)
+            entry[1] = state
+    with_s, without_s = (float(np.median(v[2])) for v in variants.values())
+
+    state = variants["with"][1]
+    progress = checkpoint.Progress(1, 0, [0], {"reward_rates": [np.zeros((1, num_seeds))]})
+    path = os.path.join(cache_dir, "benchmark.ckpt")
+    writes = []
+    for _ in range(3):
+        tick = time.perf_counter()
+        checkpoint.save(path, cfg, state, progress)
+        writes.append(time.perf_counter() - tick)
+    write_s = float(np.median(writes))
+    run_s = 1_000_000 * without_s / 250  # the shipped run: 1M steps, at this chunk rate
+    return {
+        "agent": name,
+        "seeds": num_seeds,
+        "chunk_s_with_diagnostics": round(with_s, 4),
+        "chunk_s_without": round(without_s, 4),
+        "diagnostics_overhead_pct": round(100 * (with_s / without_s - 1), 2),
+        "checkpoint_mb": round(os.path.getsize(path) / 1e6, 1),
+        "checkpoint_write_s": round(write_s, 3),
+        "checkpoint_overhead_pct": round(100 * 10 * write_s / run_s, 4),
+    }
+
+
 # --------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------
 
 
-def run_point(name: str, seeds: int, chunks: int, cache_dir: str) -> dict:
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        "--worker",
-        name,
-        str(seeds),
-        str(chunks),
-        cache_dir,
-    ]
+def train_cli(name: str, raw: dict, cache_dir: str) -> dict:
+    """One whole training run as a user starts it (`experiment.main`, saved programs and XLA's
+    cache in `cache_dir`), in this process: its wall time and peak RSS."""
+    import importlib
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+    import experiment
+
+    module, _, agent_type = AGENT_CONFIGS[name]
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "config.json")
+        with open(path, "w") as f:
+            json.dump(raw, f)
+        start = time.perf_counter()
+        build_agent = importlib.import_module(module).build_agent
+        argv = [f"--config={path}", f"--output={os.path.join(folder, 'run')}", "--quiet"]
+        experiment.main(agent_type, build_agent, argv)
+        wall = time.perf_counter() - start
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
+
+
+WORKERS = {"measure": measure, "overheads": measure_overheads, "train_cli": train_cli}
+
+
+def in_fresh_process(worker: str, *args):
+    """`WORKERS[worker](*args)` in a new Python process, so that its peak memory is its own."""
+    command = [sys.executable, os.path.abspath(__file__), "--worker", worker, json.dumps(args)]
     done = subprocess.run(
         command, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__))
     )
     if done.returncode != 0:
-        raise RuntimeError(f"{name} x {seeds}: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"{worker}{args}: {done.stderr.strip().splitlines()[-3:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_point(name: str, seeds: int, chunks: int, cache_dir: str, grid: bool = False) -> dict:
+    return in_fresh_process("measure", name, seeds, chunks, cache_dir, grid)
+
+
+def compare_grid(name: str, seeds: int, chunks: int, steps: int) -> dict:
+    """The 3 x 3 grid as one run against its nine points as nine separate runs (each its own
+    process, with empty caches: nine compilations), all of `steps` steps per seed; and the
+    steady-state rate of the grid against one run of `seeds` seeds."""
+    with tempfile.TemporaryDirectory() as cache_dir:
+        grid_rate = run_point(name, seeds, chunks, cache_dir, grid=True)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        single_rate = run_point(name, seeds, chunks, cache_dir)
+    changes = grid_changes(name)
+    raw, _ = shipped_config(name, seeds, steps, save_params=False, **changes)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        grid_run = in_fresh_process("train_cli", name, raw, cache_dir)
+    singles = []
+    (key_a, values_a), (key_b, values_b) = changes.items()
+    for a in values_a:
+        for b in values_b:
+            with tempfile.TemporaryDirectory() as cache_dir:
+                point = {**raw, key_a: a, key_b: b}
+                singles.append(in_fresh_process("train_cli", name, point, cache_dir))
+    return {
+        "agent": name,
+        "seeds": seeds,
+        "steps_per_seed": steps,
+        "grid_wall_s": grid_run["wall_s"],
+        "separate_wall_s": round(sum(r["wall_s"] for r in singles), 1),
+        "grid_compile_s": grid_rate["compile_s"],
+        "single_compile_s": single_rate["compile_s"],
+        "grid_steps_per_s": grid_rate["steps_per_s"],
+        "single_steps_per_s": single_rate["steps_per_s"],
+        "grid_over_single": round(grid_rate["steps_per_s"] / single_rate["steps_per_s"], 2),
+        "grid_peak_rss_gb": grid_run["peak_rss_gb"],
+        "single_peak_rss_gb": max(r["peak_rss_gb"] for r in singles),
+        "device": grid_rate["device"],
+    }
+
+
+def grid_markdown(results: list[dict], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| agent | seeds | steps per seed | 3x3 grid as one run: wall s (compile s) | nine "
+        "separate runs: wall s (compile s each) | steady steps/s summed: grid / one run | "
+        "ratio | peak RSS GB: grid / one run (x9) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['agent']} | {r['seeds']} | {r['steps_per_seed']} | {r['grid_wall_s']:.0f} "
+            f"({r['grid_compile_s']:.1f}) | {r['separate_wall_s']:.0f} "
+            f"({r['single_compile_s']:.1f}) | {r['grid_steps_per_s']:.0f} / "
+            f"{r['single_steps_per_s']:.0f} | {r['grid_over_single']:.2f} | "
+            f"{r['grid_peak_rss_gb']:.2f} / {r['single_peak_rss_gb']:.2f} "
+            f"({9 * r['single_peak_rss_gb']:.2f}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def overheads_markdown(results: list[dict], header: str) -> str:
+    lines = [
+        header,
+        "",
+        "| agent | seeds | chunk s with diagnostics / without | diagnostics overhead % | "
+        "checkpoint MB | checkpoint write s | checkpoints at the default interval: % of the "
+        "shipped run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['agent']} | {r['seeds']} | {r['chunk_s_with_diagnostics']:.3f} / "
+            f"{r['chunk_s_without']:.3f} | {r['diagnostics_overhead_pct']:.1f} | "
+            f"{r['checkpoint_mb']:.1f} | {r['checkpoint_write_s']:.2f} | "
+            f"{r['checkpoint_overhead_pct']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def seconds(result: dict, prefix: str) -> str:
@@ -236,21 +438,39 @@ def markdown(results: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| agent | seeds | steps/s | ref steps/s | × ref | GFLOP/s | roofline | peak RSS GB | "
+        "| agent | seeds | steps/s | ref steps/s (issue 6, another day) | × ref | GFLOP/s | "
+        "roofline | peak RSS GB | "
         "ref RSS GB | compile s (XLA) | 2nd launch s (XLA) | ref compile s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        ref = REFERENCE.get(r["agent"], {})
+        points = r.get("grid_points", 1)
+        ref = REFERENCE.get(r["agent"], {}) if points == 1 else {}
         ref_steps = ref.get("steps", {}).get(r["seeds"])
+        seeds = r["seeds"] if points == 1 else f"{points} × {r['seeds']}"
         ratio = f"{r['steps_per_s'] / ref_steps:.2f}" if ref_steps else ""
         lines.append(
-            f"| {r['agent']} | {r['seeds']} | {r['steps_per_s']:.0f} | {ref_steps or ''} | "
+            f"| {r['agent']} | {seeds} | {r['steps_per_s']:.0f} | {ref_steps or ''} | "
             f"{ratio} | {r['gflops']:.1f} | {r['roofline']:.2f} | {r['peak_rss_gb']:.2f} | "
             f"{ref.get('rss', {}).get(r['seeds'], '')} | {seconds(r, '')} | "
             f"{seconds(r, 'second_launch_')} | {ref.get('compile', '')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def measure_point(args, name: str, seeds: int, grid: bool) -> dict:
+    """One row of the table that the flags ask for, measured in fresh processes."""
+    if args.grid:
+        return compare_grid(name, seeds, args.chunks, args.grid_steps)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        if args.overheads:
+            return in_fresh_process("overheads", name, seeds, args.chunks, cache_dir)
+        result = run_point(name, seeds, args.chunks, cache_dir, grid)
+        if not (args.no_second_launch or grid):
+            again = run_point(name, seeds, 1, cache_dir)
+            result["second_launch_compile_s"] = again["compile_s"]
+            result["second_launch_xla_compile_s"] = again["xla_compile_s"]
+    return result
 
 
 def main(argv=None) -> None:
@@ -266,43 +486,62 @@ def main(argv=None) -> None:
         action="store_true",
         help="skip the second-launch (persistent cache) measurement",
     )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="a 3x3 grid (step size x temperature) as one run against nine separate runs",
+    )
+    parser.add_argument(
+        "--grid-steps", type=int, default=500, help="steps per seed of the --grid wall-time runs"
+    )
+    parser.add_argument(
+        "--grid-seeds",
+        nargs="*",
+        type=int,
+        default=[],
+        help="also the steady-state rate of the 3x3 grid as one run at these seed counts",
+    )
+    parser.add_argument(
+        "--overheads",
+        action="store_true",
+        help="cost of the diagnostics bookkeeping and of checkpoints",
+    )
     args = parser.parse_args(argv)
 
     results = []
     for name in args.agents:
-        for seeds in args.seeds:
-            with tempfile.TemporaryDirectory() as cache_dir:
-                result = run_point(name, seeds, args.chunks, cache_dir)
-                if not args.no_second_launch:
-                    again = run_point(name, seeds, 1, cache_dir)
-                    result["second_launch_compile_s"] = again["compile_s"]
-                    result["second_launch_xla_compile_s"] = again["xla_compile_s"]
+        points = [(seeds, False) for seeds in args.seeds]
+        if not (args.grid or args.overheads):
+            points += [(seeds, True) for seeds in args.grid_seeds]
+        for seeds, grid in points:
+            try:
+                result = measure_point(args, name, seeds, grid)
+            except RuntimeError as error:  # one point failing (out of memory, say) is reported
+                print(json.dumps({"agent": name, "seeds": seeds, "error": str(error)}), flush=True)
+                continue
             results.append(result)
             print(json.dumps(result), flush=True)
 
-    import jax
+    import jax  # its version only: a GPU backend started here would hold the workers' memory
 
+    device = results[0]["device"] if results else "no device"
     header = (
-        f"Benchmark on {results[0]['device']}, {os.cpu_count()} CPU cores, "
+        f"Benchmark on {device}, {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}; jax {jax.__version__}, "
         f"python {platform.python_version()}; {time.strftime('%Y-%m-%d')}"
     )
+    table = {True: grid_markdown, False: overheads_markdown if args.overheads else markdown}
+    text = table[args.grid](results, header)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output + ".json", "w") as f:
         json.dump({"header": header, "results": results}, f, indent=1)
     with open(args.output + ".md", "w") as f:
-        f.write(markdown(results, header))
-    print(markdown(results, header))
+        f.write(text)
+    print(text)
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        name, seeds, chunks, cache_dir = (
-            sys.argv[2],
-            int(sys.argv[3]),
-            int(sys.argv[4]),
-            sys.argv[5],
-        )
-        print(json.dumps(measure(name, seeds, chunks, cache_dir)))
+        print(json.dumps(WORKERS[sys.argv[2]](*json.loads(sys.argv[3]))))
     else:
         main()
