@@ -15,7 +15,7 @@ from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
 import checkpoint
 import config
 
-NUM_STEPS = 3000  # 60 chunks of 50 steps: long enough to be killed part-way
+NUM_STEPS = 1000  # 20 chunks of 50 steps: long enough to be killed part-way
 
 
 def start(agent_type: str, raw: dict, tmp_path, output: str, *flags) -> subprocess.Popen:

@@ -571,19 +571,19 @@ def test_non_finite_floats_and_unholdable_integers_are_config_errors(key, value,
     assert config_error({**tiny_config("ER"), key: value}).startswith(expected)
 
 
-def run_shipped_er(tmp_path, text: str, quiet: bool = True):
+def main_er(tmp_path, capsys, monkeypatch, text: str, *flags) -> tuple[int, list[str]]:
+    """`train_ER_DQN.py --config=<text> --output=<tmp>/bad ...` in this process (as the CLI,
+    without the seconds of a new interpreter). Returns (exit status, stderr lines)."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
     path = tmp_path / "bad.json"
     path.write_text(text)
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={path}"]
-        + [f"--output={tmp_path / 'bad'}"]
-        + (["--quiet"] if quiet else []),
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
-        timeout=300,
-    )
+    argv = [f"--config={path}", f"--output={tmp_path / 'bad'}", *flags]
+    code = 0
+    try:
+        experiment.main("ER", train_ER_DQN.build_agent, argv)
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.strip().splitlines()
 
 
 def shipped_er_text(**changes) -> str:
@@ -601,53 +601,47 @@ def shipped_er_text(**changes) -> str:
         ({"buffer_size": 10**12}, "buffer_size: expected an integer of at most 2147483647"),
     ],
 )
-def test_cli_rejects_nan_infinity_and_unholdable_sizes(tmp_path, changes, expected):
-    done = run_shipped_er(tmp_path, shipped_er_text(**changes))
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and expected in lines[0], lines
+def test_cli_rejects_nan_infinity_and_unholdable_sizes(
+    tmp_path, capsys, monkeypatch, changes, expected
+):
+    text = shipped_er_text(**changes)  # the literal `NaN` / `Infinity` of Python's JSON
+    code, lines = main_er(tmp_path, capsys, monkeypatch, text, "--quiet")
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
     assert sorted(os.listdir(tmp_path)) == ["bad.json"]  # no .out, .params or temporary file
 
 
-def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path):
+def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path, capsys, monkeypatch):
     """100 million transitions per seed x 30 seeds: 75 GB of replay, more than this machine
     (or CI's) has. It stops after tracing the state's shapes, before compiling or allocating."""
     available, _ = compilation.available_memory(jax.devices()[:1])
-    if available > 70 * 2**30:
+    if available > 70e9:
         pytest.skip("this machine could hold 75 GB")
-    done = run_shipped_er(tmp_path, shipped_er_text(buffer_size=100_000_000))
-    assert done.returncode == 2, done.stderr
-    (line,) = done.stderr.strip().splitlines()
-    assert "buffer_size: the training state needs 75.0" in line, line
-    assert "(replay buffers 75.00 GB)" in line and "for 30 seeds, more than the" in line, line
-    assert "GB of this machine's available memory" in line
+    text = shipped_er_text(buffer_size=100_000_000)
+    code, lines = main_er(tmp_path, capsys, monkeypatch, text, "--quiet")
+    assert code == 2 and len(lines) == 1, lines
+    assert "buffer_size: the training state needs 75.0" in lines[0], lines
+    assert "(replay buffers 75.00 GB) for 30 seeds, more than the" in lines[0]
+    assert "GB of this machine's available memory" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == ["bad.json"]
 
 
-def test_start_up_log_states_the_memory_the_run_needs(tmp_path):
+def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypatch):
     raw = tiny_config("ER", num_steps=50, save_params=False)
-    done = run_shipped_er(tmp_path, json.dumps(raw), quiet=False)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "memory: training state 0.00 GB (replay buffers 0.00 GB) for 2 seeds;" in done.stderr
+    code, lines = main_er(tmp_path, capsys, monkeypatch, json.dumps(raw))
+    assert code == 0
+    assert "memory: training state 0.00 GB (replay buffers 0.00 GB) for 2 seeds;" in lines[0]
 
 
-def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(tmp_path):
-    raw = tiny_config("ER", num_steps=50, save_params=False)
-    config_path = tmp_path / "c.json"
-    config_path.write_text(json.dumps(raw))
+def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(
+    tmp_path, capsys, monkeypatch
+):
+    raw = json.dumps(tiny_config("ER", num_steps=50, save_params=False))
+    code, _ = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
+    assert code == 0 and (tmp_path / "new" / "run.out").exists()
     blocker = tmp_path / "file"
     blocker.write_text("")
-    for output, code in ((tmp_path / "new" / "run", 0), (blocker / "run", 2)):
-        done = subprocess.run(
-            [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={config_path}"]
-            + [f"--output={output}", "--quiet"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "JAX_COMPILATION_CACHE_DIR": ""},
-        )
-        assert done.returncode == code, done.stderr[-2000:]
-    assert (tmp_path / "new" / "run.out").exists()
-    (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("--output: cannot write") and "Traceback" not in done.stderr
+    code, lines = main_er(tmp_path, capsys, monkeypatch, raw, f"--output={blocker / 'run'}")
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("--output: cannot write")
 
 
 # ------------------------------------------------------------------------------------------
