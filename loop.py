@@ -62,6 +62,22 @@ class TrainState(NamedTuple):
     key: jax.Array
 
 
+class StepReport(NamedTuple):
+    """What one seed's environment step tells the rest of the loop."""
+
+    terminal: jax.Array  # [] bool: the episode ended, reset it (`start_new_episode`)
+    reset_key: jax.Array
+    diagnostics: dict[str, jax.Array]  # each [] float32: mean over this step's updates (0: none)
+    nonfinite: jax.Array  # [] bool: a Q value or a diagnostic was NaN or infinite
+
+
+class ChunkReport(NamedTuple):
+    """What a chunk of `eval_frequency` steps tells the host about one seed."""
+
+    diagnostics: dict[str, jax.Array]  # each []: mean over the chunk's updates (NaN: none)
+    nonfinite: jax.Array  # [] bool: some Q value or loss was NaN or infinite in the chunk
+
+
 def init_seed(agent: Agent, env, key: jax.Array) -> TrainState:
     agent_key, env_key, loop_key = jax.random.split(key, 3)
     learner, buffer = agent.init(agent_key)
@@ -117,22 +133,6 @@ def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
         finite &= jnp.isfinite(value)
     report = StepReport(terminal, reset_key, diagnostics, ~finite)
     return TrainState(env_state, next_obs, learner, buffer, key), report
-
-
-class StepReport(NamedTuple):
-    """What one seed's environment step tells the rest of the loop."""
-
-    terminal: jax.Array  # [] bool: the episode ended, reset it (`start_new_episode`)
-    reset_key: jax.Array
-    diagnostics: dict[str, jax.Array]  # each [] float32: mean over this step's updates (0: none)
-    nonfinite: jax.Array  # [] bool: a Q value or a diagnostic was NaN or infinite
-
-
-class ChunkReport(NamedTuple):
-    """What a chunk of `eval_frequency` steps tells the host about one seed."""
-
-    diagnostics: dict[str, jax.Array]  # each []: mean over the chunk's updates (NaN: none)
-    nonfinite: jax.Array  # [] bool: some Q value or loss was NaN or infinite in the chunk
 
 
 def start_new_episode(env, cfg: dict, state: TrainState, terminal, reset_key) -> TrainState:
