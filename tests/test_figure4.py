@@ -1,0 +1,420 @@
+"""Figure 4 from one command: the 30 cell configs against the seed README's table, and the
+driver `reproduce_figure4.py` end to end at --quick sizes (inline and submitit's local
+executor), its figure with missing cells, its projection arithmetic and its flag errors."""
+
+import glob
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+import config  # conftest has put the repository on sys.path
+import figure4_configs as f4
+import reproduce_figure4 as r4
+from figure4_configs import Cell
+
+SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
+SCRIPT = os.path.join(ROOT, "reproduce_figure4.py")
+
+# --------------------------------------------------------------------------------------------
+# The table, parsed from the reference README itself
+# --------------------------------------------------------------------------------------------
+
+HEADER = "Agent Environment Data Regime Step-Size Temperature"
+# The README's table is flattened to one line per row; a row names its agent and environment
+# only where they change: "Simple Model ProcMaze High Data 0.0002 0.8", "Low Data 2.5e-05 0.4",
+# "ButtonGrid High Data 0.0002 1.6".
+ROW = re.compile(r"^(?P<lead>.*?)\s*(?P<regime>High|Low) Data\s+(?P<step>\S+)\s+(?P<temp>\S+)$")
+AGENT_NAMES = {
+    "ER": "ER",
+    "Perfect Model": "perfect_model",
+    "Simple Model": "simple_model",
+    "Categorical Latent Model": "categorical_latent",
+    "Gaussian Latent Model": "gaussian_latent",
+}
+# SPEC §2: the table's "Step-Size" is alpha_adam for ER and perfect model, Q_alpha otherwise.
+STEP_KEY = {
+    "ER": "alpha_adam",
+    "perfect_model": "alpha_adam",
+    "simple_model": "Q_alpha",
+    "categorical_latent": "Q_alpha",
+    "gaussian_latent": "Q_alpha",
+}
+SHIPPED = {
+    "ER": "ER.json",
+    "perfect_model": "perfect_model.json",
+    "simple_model": "simple_model.json",
+    "categorical_latent": "categorical_latent_model.json",
+    "gaussian_latent": "gaussian_latent_model.json",
+}
+LOW = {
+    "target_update_frequency": 10,
+    "updates_per_step": 10,
+    "num_steps": 100000,
+    "eval_frequency": 50,
+}
+HIGH = {
+    "target_update_frequency": 100,
+    "updates_per_step": 1,
+    "num_steps": 1000000,
+    "eval_frequency": 500,
+}
+
+
+def parse_table(text: str) -> dict:
+    """(agent, environment, regime) -> (step size, temperature), read row by row; the agent
+    is the words before the environment (one word), both carried down to later rows."""
+    lines = [line.strip() for line in text.splitlines()]
+    table, agent, env = {}, None, None
+    for line in lines[lines.index(HEADER) + 1 :]:
+        match = ROW.match(line)
+        if not match:
+            break  # the first line that is not a row ends the table
+        lead = match["lead"].split()
+        if lead:
+            env = lead[-1]
+        if len(lead) > 1:
+            agent = AGENT_NAMES[" ".join(lead[:-1])]
+        cell = (agent, env, match["regime"].lower())
+        assert cell not in table, f"row {line!r} repeats {cell}"
+        table[cell] = (float(match["step"]), float(match["temp"]))
+    return table
+
+
+def seed_table() -> dict:
+    if not os.path.isdir(SEEDS):
+        pytest.skip(f"no seed folder {SEEDS}")
+    for path in sorted(glob.glob(os.path.join(SEEDS, "*.txt"))):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if HEADER in [line.strip() for line in text.splitlines()]:
+            return parse_table(text)
+    raise AssertionError(f"no seed file in {SEEDS} holds the Figure 4 table")
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_parser_reads_flattened_rows():
+    text = "\n".join(
+        [
+            HEADER,
+            "Simple Model ProcMaze High Data 0.0002 0.8",
+            "Low Data 2.5e-05 0.4",
+            "ButtonGrid High Data 0.0002 1.6",
+            "ER PanFlute Low Data 3.125e-06 0.8",
+            "",
+        ]
+    )
+    assert parse_table(text) == {
+        ("simple_model", "ProcMaze", "high"): (0.0002, 0.8),
+        ("simple_model", "ProcMaze", "low"): (2.5e-05, 0.4),
+        ("simple_model", "ButtonGrid", "high"): (0.0002, 1.6),
+        ("ER", "PanFlute", "low"): (3.125e-06, 0.8),
+    }
+
+
+def test_committed_configs_match_the_seed_readme_table():
+    table = seed_table()
+    assert len(table) == 30
+    assert {Cell(*cell) for cell in table} == set(f4.all_cells())
+    for (agent, env, regime), (step, temp) in table.items():
+        name = f"{agent}_{env}_{regime}"
+        raw = load_json(os.path.join(ROOT, "configs", "figure4", f"{name}.json"))
+        shipped = load_json(os.path.join(ROOT, "configs", SHIPPED[agent]))
+        assert raw[STEP_KEY[agent]] == step, name
+        assert raw["softmax_temp"] == temp, name
+        assert raw["environment"] == env, name
+        assert raw["episodic_env"] is (env == "ProcMaze"), name
+        assert raw["env_config"] == ({"grid_size": 4} if env == "ProcMaze" else {}), name
+        for key, value in (LOW if regime == "low" else HIGH).items():
+            assert raw.get(key, 1 if key == "updates_per_step" else None) == value, (name, key)
+        if STEP_KEY[agent] == "Q_alpha":
+            assert raw["model_alpha"] == 2e-4, name
+            assert "alpha_adam" not in raw, name
+        else:
+            assert "Q_alpha" not in raw and "model_alpha" not in raw, name
+        cell_keys = {STEP_KEY[agent], "softmax_temp", "environment", "episodic_env", "env_config"}
+        rest = set(raw) - cell_keys - set(LOW)
+        assert {k: raw[k] for k in rest} == {k: shipped[k] for k in rest}, name
+        assert set(shipped) - set(raw) == set(), name
+
+
+def test_committed_configs_are_what_the_generator_writes():
+    generated = f4.generate()
+    committed = sorted(glob.glob(os.path.join(ROOT, "configs", "figure4", "*.json")))
+    assert committed == sorted(generated)
+    for path, text in generated.items():
+        with open(path) as f:
+            assert f.read() == text, f"{path} differs: run python figure4_configs.py"
+
+
+def test_every_stage_config_validates_full_and_quick():
+    """The committed configs, and the tune grids and final runs built from them (full size and
+    --quick), all pass the run's own validation."""
+    for quick in (False, True):
+        args = r4.resolve(r4.build_parser().parse_args(["--quick"] if quick else []))
+        for cell in f4.all_cells():
+            agent_type = f4.AGENTS[cell.agent].agent_type
+            config.validate_config(load_json(f4.config_path(cell)), agent_type)
+            for job in (r4.tune_job(cell, args), r4.final_job(cell, args)):
+                config.validate_config(job.raw, agent_type)
+            assert len(r4.tune_job(cell, args).outputs) == (4 if quick else 110)
+
+
+def test_default_grid_holds_every_table_value():
+    values = [v for agent in f4.TABLE.values() for env in agent.values() for v in env.values()]
+    for step, temp in values:
+        assert any(np.isclose(step, s, rtol=1e-12) for s in r4.STEP_SIZES), step
+        assert any(np.isclose(temp, t, rtol=1e-12) for t in r4.TEMPERATURES), temp
+    assert (len(r4.STEP_SIZES), len(r4.TEMPERATURES)) == (10, 11)
+    assert r4.STEP_SIZES[-1] == pytest.approx(1.6e-3) and r4.TEMPERATURES[-1] == 12.8
+
+
+# --------------------------------------------------------------------------------------------
+# The driver end to end
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One compilation cache for this file's runs: the local-executor test then loads the
+    programs the inline test compiled (same cells), which keeps the file near a minute."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run_driver(*flags, cache_dir):
+    start = time.time()
+    process = subprocess.run(
+        [sys.executable, SCRIPT, "--quick", "--agents", "ER", "--envs", "ProcMaze", *flags],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir},
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    return process, time.time() - start
+
+
+def load_out(path):
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
+    out = tmp_path / "quick"
+    flags = ["--stage", "tune", "select", "final", "plot", "--hyperparameters", "selected"]
+    first, _ = run_driver(*flags, "--out-dir", str(out), cache_dir=cache_dir)
+
+    tune_outs = sorted(glob.glob(str(out / "tune" / "*.out")))
+    assert len(tune_outs) == 8  # 2 regimes x 2 step sizes x 2 temperatures
+    assert not glob.glob(str(out / "tune" / "*.ckpt"))  # a finished grid's state is dropped
+    assert str(out / "tune" / "ER_ProcMaze_low_alpha_adam=0.0008_softmax_temp=0.1.out") in tune_outs
+    for regime in ("high", "low"):
+        selected = load_json(out / "selected" / f"ER_ProcMaze_{regime}.json")
+        cfg = config.validate_config(selected, "ER")
+        assert cfg["alpha_adam"] in r4.QUICK_STEP_SIZES
+        assert cfg["softmax_temp"] in r4.QUICK_TEMPERATURES
+        assert cfg["num_seeds"] == 30  # the real-size config; final shrinks it under --quick
+        record = load_out(out / "final_selected" / f"ER_ProcMaze_{regime}.out")
+        assert len(record["metrics"]["eval_times"]) == 10
+        assert record["metrics"]["reward_rates"][0].shape == (2,)
+        assert record["config"].alpha_adam == cfg["alpha_adam"]
+        assert record["config"].updates_per_step == (10 if regime == "low" else 1)
+        assert f"select ER_ProcMaze_{regime}: alpha_adam=" in first.stdout
+    png = out / "figure4.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    outs = tune_outs + sorted(glob.glob(str(out / "final_selected" / "*.out")))
+    mtimes = {path: os.stat(path).st_mtime_ns for path in outs}
+    second, seconds = run_driver(*flags, "--out-dir", str(out), cache_dir=cache_dir)
+    assert "tune: 2 of 2 jobs already finished" in second.stdout
+    assert "final: 2 of 2 jobs already finished" in second.stdout
+    assert "running" not in second.stdout
+    assert {path: os.stat(path).st_mtime_ns for path in outs} == mtimes
+    assert seconds < 20  # the first call trained four runs: each alone takes longer
+
+
+def test_local_executor_runs_cells_in_parallel_processes(tmp_path, cache_dir):
+    out = tmp_path / "local"
+    flags = ["--stage", "final", "--executor", "local", "--parallel", "2", "--out-dir", str(out)]
+    process, _ = run_driver(*flags, cache_dir=cache_dir)
+    # Both cells went to submitit in one submission, each its own process (job id = its pid).
+    assert "ER_ProcMaze_high, ER_ProcMaze_low" in process.stdout
+    # (submitit also keeps a literal "%j" folder for what it writes before a job has an id)
+    job_dirs = [name for name in os.listdir(out / "logs" / "final") if name.isdigit()]
+    assert len(job_dirs) == 2
+    for job_dir in job_dirs:
+        assert glob.glob(str(out / "logs" / "final" / job_dir / "*_result.pkl"))
+    for regime in ("high", "low"):
+        record = load_out(out / "final" / f"ER_ProcMaze_{regime}.out")
+        assert len(record["metrics"]["eval_times"]) == 10
+        assert record["config"].num_seeds == 2
+
+
+def test_slurm_executor_parameters(tmp_path, monkeypatch):
+    """Without a cluster: a fake srun lets submitit build its SLURM executor; the sbatch
+    header it would submit carries the flags."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for name in ("srun", "sbatch"):
+        (fake_bin / name).write_text("#!/bin/sh\nexit 0\n")
+        (fake_bin / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    flags = ["--executor", "slurm", "--slurm-partition", "gpu", "--time", "90"]
+    flags += ["--cpus-per-job", "4", "--gpus-per-job", "2", "--slurm-array-parallelism", "7"]
+    args = r4.resolve(r4.build_parser().parse_args(flags))
+    executor = r4.make_executor(args, str(tmp_path / "logs" / "%j"))
+    header = executor._executor._make_submission_file_text("CMD", "uid")
+    for line in ("--partition=gpu", "--time=90", "--cpus-per-task=4", "--gpus-per-node=2"):
+        assert f"#SBATCH {line}" in header
+    assert executor._executor.parameters["array_parallelism"] == 7
+    assert ROOT in os.environ["PYTHONPATH"].split(os.pathsep)
+
+
+def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path, capsys):
+    """experiment.main exits on a bad config; inside a job that must be an exception (the
+    inline executor records it and goes on with the next cell)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(RuntimeError, match="status 2"):
+        r4.run_job("train_ER_DQN", "ER", str(bad), str(tmp_path / "run"), 0)
+    assert "config error" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# plot with missing cells
+# --------------------------------------------------------------------------------------------
+
+
+def write_fake_out(path, num_evaluations=40, num_seeds=3, diverged_seed=None):
+    rng = np.random.default_rng(0)
+    rates = [rng.normal(-10 + i / 4, 1, num_seeds) for i in range(num_evaluations)]
+    diverged = np.zeros(num_seeds, bool)
+    if diverged_seed is not None:
+        diverged[diverged_seed] = True
+        for row in rates[num_evaluations // 2 :]:
+            row[diverged_seed] = -np.inf
+    record = {
+        "config": types.SimpleNamespace(num_steps=num_evaluations * 10, eval_frequency=10),
+        "metrics": {
+            "reward_rates": rates,
+            "eval_times": [10 * i for i in range(num_evaluations)],
+            "diverged": [diverged] * num_evaluations,
+        },
+    }
+    with open(path, "wb") as f:
+        pickle.dump(record, f)
+
+
+def test_plot_draws_missing_cells_as_absent(tmp_path, capsys):
+    final = tmp_path / "final"
+    final.mkdir()
+    write_fake_out(final / "ER_ProcMaze_high.out")
+    write_fake_out(final / "perfect_model_ProcMaze_high.out", diverged_seed=1)
+    (final / "simple_model_PanFlute_low.out").write_bytes(b"not a pickle")
+    fig = r4.draw_figure(str(final), list(f4.AGENTS), list(f4.ENVIRONMENTS), list(f4.REGIMES))
+    err = capsys.readouterr().err
+    assert "simple_model_PanFlute_low.out" in err  # said, then drawn as absent
+    assert "perfect_model_ProcMaze_high.out" in err  # its diverged seed is left out, and said
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert len(panels) == 6
+    lines = panels["ProcMaze, high data"].get_lines()
+    assert [line.get_color() for line in lines] == ["C0", "C1"]  # ER, perfect model
+    assert all(np.isfinite(line.get_ydata()).all() for line in lines)
+    for title, ax in panels.items():
+        texts = [t.get_text() for t in ax.texts]
+        assert texts == ([] if title == "ProcMaze, high data" else ["no runs yet"])
+        assert ax.get_xlabel() == "environment steps"
+    assert panels["ProcMaze, low data"].get_ylabel() == "return"
+    assert panels["PanFlute, low data"].get_ylabel() == "return (average reward per step)"
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["ER", "perfect model"]
+
+    assert r4.main(["--stage", "plot", "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "figure4.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plot: 2 curves" in capsys.readouterr().out
+
+
+def test_plot_of_nothing_is_a_figure_of_empty_panels(tmp_path):
+    assert r4.main(["--stage", "plot", "--out-dir", str(tmp_path), "--envs", "PanFlute"]) == 0
+    assert (tmp_path / "figure4.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The projection and the flags
+# --------------------------------------------------------------------------------------------
+
+
+def test_job_seconds_counts_updates_evaluations_and_seeds():
+    m = r4.Measurement(seeds=2, compile_s=5.0, act_s=0.001, update_s=0.01, eval_s=0.1, raw={})
+    high = {"num_steps": 1000, "training_start_time": 0, "eval_frequency": 100}
+    # per step of 2 seeds: 1 ms acting + 10 ms per update; 10 evaluations of 0.1 s
+    assert r4.job_seconds(m, high, seeds=2) == pytest.approx(5 + 1 + 10 + 1)
+    assert r4.job_seconds(m, high, seeds=4) == pytest.approx(5 + 2 * 12)
+    low = {**high, "updates_per_step": 10}
+    assert r4.job_seconds(m, low, seeds=2) == pytest.approx(5 + 1 + 100 + 1)
+    assert r4.job_seconds(m, high, seeds=2, update_scale=2.0) == pytest.approx(5 + 1 + 20 + 1)
+    late = {**high, "training_start_time": 500}
+    assert r4.job_seconds(m, late, seeds=2) == pytest.approx(5 + 1 + 5 + 1)
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--agents", "nonsense"], "--agents"),
+        (["--envs", "Atari"], "--envs"),
+        (["--tune-seeds", "0"], "--tune-seeds"),
+        (["--step-sizes", "-1e-4"], "--step-sizes"),
+        (["--temperatures", "0.1", "0.1"], "--temperatures"),
+        (["--slurm-partition", "gpu"], "--slurm-partition"),
+        (["--stage", "final", "--hyperparameters", "selected"], "--hyperparameters"),
+        (["--executor", "slurm"], "--executor"),
+    ],
+)
+def test_bad_flag_is_one_line_naming_it_exit_2(flags, named, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here, whatever the machine has
+    with pytest.raises(SystemExit) as exit_info:
+        r4.main([*flags, "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert named in err
+
+
+def test_update_flops_follow_the_observation_size():
+    """The projection carries ProcMaze's measured update time to the other environments by
+    FLOPs: ButtonGrid's observation (300 bits) is larger than ProcMaze's (64), PanFlute's (15)
+    smaller."""
+    flops = {
+        env: r4.update_flops("ER", load_json(f4.config_path(Cell("ER", env, "high"))))
+        for env in f4.ENVIRONMENTS
+    }
+    assert flops["ButtonGrid"] > flops["ProcMaze"] > flops["PanFlute"] > 0
+
+
+def test_estimate_measures_and_prints_the_table(capsys):
+    flags = ["--estimate", "--quick", "--agents", "ER", "--envs", "ProcMaze", "PanFlute"]
+    assert r4.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "ER: compile" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"tune", "select", "final", "plot"}
+    tune = [cell.strip() for cell in rows["tune"].split("|")[1:-1]]
+    final = [cell.strip() for cell in rows["final"].split("|")[1:-1]]
+    assert tune[1] == final[1] == "4"  # 1 agent x 2 environments x 2 regimes
+    # env-steps: tune 2 x 2 points x 2 seeds x 200 steps per job, final 2 seeds x 200 steps
+    assert float(tune[2]) == 4 * 8 * 200 and float(final[2]) == 4 * 2 * 200
+    assert 0 < float(final[3]) < float(tune[3])
+    assert "This fits this machine" in out
