@@ -158,6 +158,27 @@ def assert_diagnostics(out: dict, model_terms: tuple = ()) -> None:
     assert not np.any(metrics["diverged"])
 
 
+def headless_env() -> dict:
+    """This environment without a display, as on CI: the plotting scripts must not need one."""
+    env = dict(os.environ)
+    for key in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):
+        env.pop(key, None)
+    return env
+
+
+def run_tool(script: str, *args, cwd=None) -> subprocess.CompletedProcess:
+    """Run one of the scripts that read `.out` files (`plot_metric.py`, `sweep_summary.py`) as a
+    user would, without a display."""
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, script), *map(str, args)],
+        cwd=cwd,
+        env=headless_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def load_pickle(path):
     with open(path, "rb") as f:
         return pickle.load(f)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+from conftest import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
 
 import compilation
 import config
@@ -159,23 +159,15 @@ def test_every_grid_point_equals_its_single_run(grid_and_single_runs):
 def test_the_grid_outputs_plot_and_summarise(grid_and_single_runs, tmp_path):
     grid_dir = grid_and_single_runs[0]
     files = sorted(str(p) for p in grid_dir.glob("grid_*.out"))
-    plot = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "plot_metric.py"), "--data", *files, "--no-show"]
-        + ["--save", str(tmp_path / "curves.png")],
-        capture_output=True,
-        text=True,
-    )
+    plot = run_tool("plot_metric.py", "--data", *files, "--no-show", "--save", tmp_path / "a.png")
     assert plot.returncode == 0, plot.stderr
-    summary = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "sweep_summary.py"), "--data", *files, "--no-show"]
-        + ["--save", str(tmp_path / "heat.png")],
-        capture_output=True,
-        text=True,
+    summary = run_tool(
+        "sweep_summary.py", "--data", *files, "--no-show", "--save", tmp_path / "b.png"
     )
     assert summary.returncode == 0, summary.stderr
     assert "best: alpha_adam=" in summary.stdout
-    assert (tmp_path / "curves.png").stat().st_size > 1000
-    assert (tmp_path / "heat.png").stat().st_size > 1000
+    assert (tmp_path / "a.png").stat().st_size > 1000  # the curves
+    assert (tmp_path / "b.png").stat().st_size > 1000  # the heat map
 
 
 # ------------------------------------------------------------------------------------------

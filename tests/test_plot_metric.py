@@ -1,6 +1,5 @@
 """Tests of plot_metric.py: smoothing, subsampling, bootstrap band, CLI, headless use, errors."""
 
-import os
 import pickle
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from conftest import headless_env, run_tool  # noqa: E402
 
 import plot_metric  # noqa: E402
 
@@ -51,22 +52,8 @@ def fake_values(num_evals, num_seeds, seed):
     return trend[:, None] + rng.normal(0, 5, size=(num_evals, num_seeds))
 
 
-def headless_env():
-    env = dict(os.environ)
-    for key in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):
-        env.pop(key, None)
-    return env
-
-
 def run_script(*args, cwd):
-    return subprocess.run(
-        [sys.executable, str(REPO / "plot_metric.py"), *args],
-        cwd=cwd,
-        env=headless_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_tool("plot_metric.py", *args, cwd=cwd)
 
 
 # --- moving average and subsampling ---------------------------------------------------------

@@ -19,6 +19,8 @@ from matplotlib.patches import Rectangle  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from conftest import headless_env, run_tool  # noqa: E402
+
 import sweep_summary  # noqa: E402
 
 ALPHAS = [2.5e-05, 5e-05, 1e-04]
@@ -76,22 +78,8 @@ def write_grid(folder, score=centre_best, skip=()):
     return paths
 
 
-def headless_env():
-    env = dict(os.environ)
-    for key in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND"):
-        env.pop(key, None)
-    return env
-
-
 def run_script(*args, cwd):
-    return subprocess.run(
-        [sys.executable, str(REPO / "sweep_summary.py"), *args],
-        cwd=cwd,
-        env=headless_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_tool("sweep_summary.py", *args, cwd=cwd)
 
 
 def assert_png(path, min_bytes=10_000):
