@@ -386,46 +386,6 @@ def compare_grid(name: str, seeds: int, chunks: int, steps: int) -> dict:
     }
 
 
-def grid_markdown(results: list[dict], header: str) -> str:
-    lines = [
-        header,
-        "",
-        "| agent | seeds | steps per seed | 3x3 grid as one run: wall s (compile s) | nine "
-        "separate runs: wall s (compile s each) | steady steps/s summed: grid / one run | "
-        "ratio | peak RSS GB: grid / one run (x9) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['agent']} | {r['seeds']} | {r['steps_per_seed']} | {r['grid_wall_s']:.0f} "
-            f"({r['grid_compile_s']:.1f}) | {r['separate_wall_s']:.0f} "
-            f"({r['single_compile_s']:.1f}) | {r['grid_steps_per_s']:.0f} / "
-            f"{r['single_steps_per_s']:.0f} | {r['grid_over_single']:.2f} | "
-            f"{r['grid_peak_rss_gb']:.2f} / {r['single_peak_rss_gb']:.2f} "
-            f"({9 * r['single_peak_rss_gb']:.2f}) |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def overheads_markdown(results: list[dict], header: str) -> str:
-    lines = [
-        header,
-        "",
-        "| agent | seeds | chunk s with diagnostics / without | diagnostics overhead % | "
-        "checkpoint MB | checkpoint write s | checkpoints at the default interval: % of the "
-        "shipped run |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['agent']} | {r['seeds']} | {r['chunk_s_with_diagnostics']:.3f} / "
-            f"{r['chunk_s_without']:.3f} | {r['diagnostics_overhead_pct']:.1f} | "
-            f"{r['checkpoint_mb']:.1f} | {r['checkpoint_write_s']:.2f} | "
-            f"{r['checkpoint_overhead_pct']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def seconds(result: dict, prefix: str) -> str:
     """'total (XLA part)' compile seconds: the XLA part of a second launch is a cache load."""
     total, xla = result.get(prefix + "compile_s"), result.get(prefix + "xla_compile_s")
@@ -434,28 +394,103 @@ def seconds(result: dict, prefix: str) -> str:
     return f"{total:.1f}" + (f" ({xla:.1f})" if xla is not None else "")
 
 
+def table(header: str, columns: list[str], rows: list[list]) -> str:
+    """A markdown table under a header line."""
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(results: list[dict], header: str) -> str:
-    lines = [
-        header,
-        "",
-        "| agent | seeds | steps/s | ref steps/s (issue 6, another day) | × ref | GFLOP/s | "
-        "roofline | peak RSS GB | "
-        "ref RSS GB | compile s (XLA) | 2nd launch s (XLA) | ref compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    columns = [
+        "agent",
+        "seeds",
+        "steps/s",
+        "ref steps/s (issue 6, another day)",
+        "× ref",
+        "GFLOP/s",
+        "roofline",
+        "peak RSS GB",
+        "ref RSS GB",
+        "compile s (XLA)",
+        "2nd launch s (XLA)",
+        "ref compile s",
     ]
+    rows = []
     for r in results:
         points = r.get("grid_points", 1)
         ref = REFERENCE.get(r["agent"], {}) if points == 1 else {}
         ref_steps = ref.get("steps", {}).get(r["seeds"])
-        seeds = r["seeds"] if points == 1 else f"{points} × {r['seeds']}"
-        ratio = f"{r['steps_per_s'] / ref_steps:.2f}" if ref_steps else ""
-        lines.append(
-            f"| {r['agent']} | {seeds} | {r['steps_per_s']:.0f} | {ref_steps or ''} | "
-            f"{ratio} | {r['gflops']:.1f} | {r['roofline']:.2f} | {r['peak_rss_gb']:.2f} | "
-            f"{ref.get('rss', {}).get(r['seeds'], '')} | {seconds(r, '')} | "
-            f"{seconds(r, 'second_launch_')} | {ref.get('compile', '')} |"
+        rows.append(
+            [
+                r["agent"],
+                r["seeds"] if points == 1 else f"{points} × {r['seeds']}",
+                f"{r['steps_per_s']:.0f}",
+                ref_steps or "",
+                f"{r['steps_per_s'] / ref_steps:.2f}" if ref_steps else "",
+                f"{r['gflops']:.1f}",
+                f"{r['roofline']:.2f}",
+                f"{r['peak_rss_gb']:.2f}",
+                ref.get("rss", {}).get(r["seeds"], ""),
+                seconds(r, ""),
+                seconds(r, "second_launch_"),
+                ref.get("compile", ""),
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return table(header, columns, rows)
+
+
+def grid_markdown(results: list[dict], header: str) -> str:
+    columns = [
+        "agent",
+        "seeds",
+        "steps per seed",
+        "3x3 grid as one run: wall s (compile s)",
+        "nine separate runs: wall s (compile s each)",
+        "steady steps/s summed: grid / one run",
+        "ratio",
+        "peak RSS GB: grid / one run (x9)",
+    ]
+    rows = [
+        [
+            r["agent"],
+            r["seeds"],
+            r["steps_per_seed"],
+            f"{r['grid_wall_s']:.0f} ({r['grid_compile_s']:.1f})",
+            f"{r['separate_wall_s']:.0f} ({r['single_compile_s']:.1f})",
+            f"{r['grid_steps_per_s']:.0f} / {r['single_steps_per_s']:.0f}",
+            f"{r['grid_over_single']:.2f}",
+            f"{r['grid_peak_rss_gb']:.2f} / {r['single_peak_rss_gb']:.2f} "
+            f"({9 * r['single_peak_rss_gb']:.2f})",
+        ]
+        for r in results
+    ]
+    return table(header, columns, rows)
+
+
+def overheads_markdown(results: list[dict], header: str) -> str:
+    columns = [
+        "agent",
+        "seeds",
+        "chunk s with diagnostics / without",
+        "diagnostics overhead %",
+        "checkpoint MB",
+        "checkpoint write s",
+        "checkpoints at the default interval: % of the shipped run",
+    ]
+    rows = [
+        [
+            r["agent"],
+            r["seeds"],
+            f"{r['chunk_s_with_diagnostics']:.3f} / {r['chunk_s_without']:.3f}",
+            f"{r['diagnostics_overhead_pct']:.1f}",
+            f"{r['checkpoint_mb']:.1f}",
+            f"{r['checkpoint_write_s']:.2f}",
+            f"{r['checkpoint_overhead_pct']:.3f}",
+        ]
+        for r in results
+    ]
+    return table(header, columns, rows)
 
 
 def measure_point(args, name: str, seeds: int, grid: bool) -> dict:
