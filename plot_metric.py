@@ -176,12 +176,18 @@ def diverged_note(path: str, diverged: np.ndarray) -> str | None:
 
 
 def non_finite_note(path: str, metric: str, values: np.ndarray) -> str | None:
-    """The stderr line counting NaN/infinite values that will leave gaps, or None."""
-    bad = int(np.count_nonzero(~np.isfinite(values)))
-    if bad == 0:
+    """The stderr line counting NaN/infinite values that will leave gaps, or None.
+
+    Evaluations where every seed is NaN are not counted: that is how the training diagnostics
+    (``q_loss``, ...) record a chunk without updates, before ``training_start_time``.
+    """
+    bad = ~np.isfinite(values)
+    no_updates = np.isnan(values).all(axis=1) if values.ndim == 2 else np.zeros(0, bool)
+    count = int(np.count_nonzero(bad[~no_updates])) if values.ndim == 2 else int(bad.sum())
+    if count == 0:
         return None
     return (
-        f"{path}: {bad} of {values.size} '{metric}' values are NaN or infinite "
+        f"{path}: {count} of {values.size} '{metric}' values are NaN or infinite "
         "in seeds not marked diverged; the line has gaps there"
     )
 

@@ -424,3 +424,13 @@ def test_main_error_in_process_exits_2(tmp_path, capsys):
         plot_metric.main(["--data", str(tmp_path / "missing.out")])
     assert excinfo.value.code == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_chunks_without_updates_are_not_reported_as_gaps():
+    """The diagnostics record NaN for every seed of a chunk before training starts: expected,
+    so not counted; a NaN in one seed of a trained chunk is."""
+    values = np.array([[np.nan, np.nan], [0.5, 0.4], [0.3, 0.2]])
+    assert plot_metric.non_finite_note("a.out", "q_loss", values) is None
+    values[2, 1] = np.nan
+    note = plot_metric.non_finite_note("a.out", "q_loss", values)
+    assert note.startswith("a.out: 1 of 6 'q_loss' values are NaN")
