@@ -242,9 +242,11 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     """What the run's bookkeeping costs beside the training itself:
     - diagnostics: chunk time of the agent as it is against the same agent with its
       diagnostics dropped (`update` reports nothing, so XLA removes the reductions and the
-      finiteness checks), timed alternately in one process;
-    - checkpoint: seconds to write one checkpoint (`checkpoint.save`) and its size, and what
-      that costs at the default interval (10 per run) of the shipped run (1M steps per seed)."""
+      finiteness checks), `timed_chunks` of each, alternately, in one process;
+    - checkpoint: seconds to write one checkpoint (`checkpoint.save`, median of 3) and its
+      size, and what 10 of them (the default interval) cost in a shipped run of 1M steps per
+      seed at the measured chunk rate. With `timed_chunks` 0, only the checkpoint, of the
+      initial state (same size: nothing is compressed)."""
     import importlib
 
     import jax
@@ -262,45 +264,46 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     cfg = {**config.validate_config(raw, agent_type), "agent_type": agent_type, "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = build_agent(cfg, env)
-    silent = agent._replace(update=lambda *a: (agent.update(*a)[0], {}), diagnostics=())
     hp = config.grid_hyperparameters([cfg])
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    variants = {}
-    for label, variant in (("with", agent), ("without", silent)):
-        run = compilation.compile_run(variant, env, cfg)
-        state = run.init(keys)
-        state, _ = run.chunk(state, jnp.int32(0), jnp.bool_(True), hp)  # compile and warm up
-        variants[label] = [run, state, []]
-    for i in range(timed_chunks):
+    result = {"agent": name, "seeds": num_seeds}
+
+    silent = agent._replace(update=lambda *a: (agent.update(*a)[0], {}), diagnostics=())
+    variants = {
+        label: [compilation.compile_run(a, env, cfg)]
+        for label, a in (("with", agent), ("without", silent))
+    }
+    for entry in variants.values():
+        entry += [entry[0].init(keys), []]  # run, state, chunk times
+    for i in range(timed_chunks + 1 if timed_chunks else 0):  # the first compiles
         for entry in variants.values():
             run, state, times = entry
             tick = time.perf_counter()
-            state, _ = run.chunk(state, jnp.int32(250 * (i + 1)), jnp.bool_(True), hp)
+            state, _ = run.chunk(state, jnp.int32(250 * i), jnp.bool_(True), hp)
             jax.block_until_ready(state)
             times.append(time.perf_counter() - tick)
             entry[1] = state
-    with_s, without_s = (float(np.median(v[2])) for v in variants.values())
+    if timed_chunks:
+        with_s, without_s = (float(np.median(entry[2][1:])) for entry in variants.values())
+        result["chunk_s_with_diagnostics"] = round(with_s, 4)
+        result["chunk_s_without"] = round(without_s, 4)
+        result["diagnostics_overhead_pct"] = round(100 * (with_s / without_s - 1), 2)
 
-    state = variants["with"][1]
     progress = checkpoint.Progress(1, 0, [0], {"reward_rates": [np.zeros((1, num_seeds))]})
     path = os.path.join(cache_dir, "benchmark.ckpt")
     writes = []
     for _ in range(3):
         tick = time.perf_counter()
-        checkpoint.save(path, cfg, state, progress)
+        checkpoint.save(path, cfg, variants["with"][1], progress)
         writes.append(time.perf_counter() - tick)
-    write_s = float(np.median(writes))
-    run_s = 1_000_000 * without_s / 250  # the shipped run: 1M steps, at this chunk rate
-    return {
-        "agent": name,
-        "seeds": num_seeds,
-        "chunk_s_with_diagnostics": round(with_s, 4),
-        "chunk_s_without": round(without_s, 4),
-        "diagnostics_overhead_pct": round(100 * (with_s / without_s - 1), 2),
-        "checkpoint_mb": round(os.path.getsize(path) / 1e6, 1),
-        "checkpoint_write_s": round(write_s, 3),
-        "checkpoint_overhead_pct": round(100 * 10 * write_s / run_s, 4),
-    }
+    result["checkpoint_mb"] = round(os.path.getsize(path) / 1e6, 1)
+    result["checkpoint_write_s"] = round(float(np.median(writes)), 3)
+    if timed_chunks:
+        run_s = 1_000_000 * without_s / 250  # the shipped run: 1M steps, at this chunk rate
+        result["checkpoint_overhead_pct"] = round(
+            100 * 10 * result["checkpoint_write_s"] / run_s, 4
+        )
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,15 +481,19 @@ def overheads_markdown(results: list[dict], header: str) -> str:
         "checkpoint write s",
         "checkpoints at the default interval: % of the shipped run",
     ]
+
+    def number(r: dict, key: str, digits: int) -> str:
+        return "" if r.get(key) is None else f"{r[key]:.{digits}f}"
+
     rows = [
         [
             r["agent"],
             r["seeds"],
-            f"{r['chunk_s_with_diagnostics']:.3f} / {r['chunk_s_without']:.3f}",
-            f"{r['diagnostics_overhead_pct']:.1f}",
-            f"{r['checkpoint_mb']:.1f}",
-            f"{r['checkpoint_write_s']:.2f}",
-            f"{r['checkpoint_overhead_pct']:.3f}",
+            f"{number(r, 'chunk_s_with_diagnostics', 3)} / {number(r, 'chunk_s_without', 3)}",
+            number(r, "diagnostics_overhead_pct", 1),
+            number(r, "checkpoint_mb", 1),
+            number(r, "checkpoint_write_s", 2),
+            number(r, "checkpoint_overhead_pct", 3),
         ]
         for r in results
     ]
