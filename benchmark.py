@@ -242,7 +242,7 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     """What the run's bookkeeping costs beside the training itself:
     - diagnostics: chunk time of the agent as it is against the same agent with its
       diagnostics dropped (`update` reports nothing, so XLA removes the reductions and the
-      finiteness checks), `timed_chunks` of each, alternately, in one process;
+      finiteness checks), `timed_chunks` of each, alternately (ABBA), in one process;
     - checkpoint: seconds to write one checkpoint (`checkpoint.save`, median of 3) and its
       size, and what 10 of them (the default interval) cost in a shipped run of 1M steps per
       seed at the measured chunk rate. With `timed_chunks` 0, only the checkpoint, of the
@@ -276,7 +276,8 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     for entry in variants.values():
         entry += [entry[0].init(keys), []]  # run, state, chunk times
     for i in range(timed_chunks + 1 if timed_chunks else 0):  # the first compiles
-        for entry in variants.values():
+        # ABBA order: a machine that speeds up or slows down over the run favours neither.
+        for entry in list(variants.values())[:: 1 if i % 2 else -1]:
             run, state, times = entry
             tick = time.perf_counter()
             state, _ = run.chunk(state, jnp.int32(250 * i), jnp.bool_(True), hp)

@@ -67,7 +67,8 @@ class StepReport(NamedTuple):
 
     terminal: jax.Array  # [] bool: the episode ended, reset it (`start_new_episode`)
     reset_key: jax.Array
-    diagnostics: dict[str, jax.Array]  # each [] float32: mean over this step's updates (0: none)
+    diagnostics: jax.Array  # [D] float32, in `Agent.diagnostics` order: mean over this step's
+    # updates (0: none). One vector rather than D scalars: one add per step in the chunk's sums
     nonfinite: jax.Array  # [] bool: a Q value or a diagnostic was NaN or infinite
 
 
@@ -87,7 +88,7 @@ def init_seed(agent: Agent, env, key: jax.Array) -> TrainState:
 
 def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp):
     """Step 5 of SPEC §9: refresh the target, then `updates_per_step` updates.
-    Returns (learner, each diagnostic's mean over the updates)."""
+    Returns (learner, [D] vector of each diagnostic's mean over the updates)."""
     if cfg["use_target"]:
         learner = jax.lax.cond(
             t % cfg["target_update_frequency"] == 0,
@@ -101,16 +102,20 @@ def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp):
         learner = learner._replace(q_target=learner.q_params)
 
     def one_update(learner, update_key):
-        return agent.update(learner, buffer, update_key, hp)
+        learner, diagnostics = agent.update(learner, buffer, update_key, hp)
+        return learner, diagnostics_vector(agent, diagnostics)
 
     keys = jax.random.split(key, cfg["updates_per_step"])
     learner, diagnostics = jax.lax.scan(one_update, learner, keys)
-    return learner, jax.tree.map(lambda x: jnp.mean(x, axis=0), diagnostics)
+    return learner, jnp.mean(diagnostics, axis=0)
 
 
-def no_diagnostics(agent: Agent) -> dict[str, jax.Array]:
-    """The diagnostics of a step without updates: zeros of the layout `agent.update` reports."""
-    return {name: jnp.float32(0.0) for name in agent.diagnostics}
+def diagnostics_vector(agent: Agent, diagnostics: dict[str, jax.Array]) -> jax.Array:
+    """An update's diagnostics as one [D] vector in `agent.diagnostics` order."""
+    if set(diagnostics) != set(agent.diagnostics):
+        raise ValueError(f"update reports {sorted(diagnostics)}, not {agent.diagnostics}")
+    values = [jnp.reshape(diagnostics[name], ()) for name in agent.diagnostics]
+    return jnp.stack(values) if values else jnp.zeros(0, jnp.float32)
 
 
 def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
@@ -125,12 +130,10 @@ def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
     learner, diagnostics = jax.lax.cond(
         train,
         lambda l: train_learner(agent, cfg, l, buffer, t, update_key, hp),
-        lambda l: (l, no_diagnostics(agent)),
+        lambda l: (l, jnp.zeros(len(agent.diagnostics), jnp.float32)),  # no updates
         state.learner,
     )
-    finite = jnp.all(jnp.isfinite(q))
-    for value in diagnostics.values():
-        finite &= jnp.isfinite(value)
+    finite = jnp.all(jnp.isfinite(q)) & jnp.all(jnp.isfinite(diagnostics))
     report = StepReport(terminal, reset_key, diagnostics, ~finite)
     return TrainState(env_state, next_obs, learner, buffer, key), report
 
@@ -204,16 +207,17 @@ def agent_environment_interaction_loop_function(
     def body(carry, t):
         states, sums, nonfinite = carry
         states, report = seeds_step(agent, env, cfg, states, t, train, hp)
-        sums = jax.tree.map(jnp.add, sums, report.diagnostics)
+        sums = sums + report.diagnostics
         return (states, sums, nonfinite | report.nonfinite), None
 
     block = states.key.shape[:2]
-    sums = {name: jnp.zeros(block, jnp.float32) for name in agent.diagnostics}
+    sums = jnp.zeros((*block, len(agent.diagnostics)), jnp.float32)
     carry = (states, sums, jnp.zeros(block, jnp.bool_))
     times = t0 + jnp.arange(cfg["eval_frequency"], dtype=jnp.int32)
     states, sums, nonfinite = jax.lax.scan(body, carry, times)[0]
-    means = {n: jnp.where(train, s / cfg["eval_frequency"], jnp.nan) for n, s in sums.items()}
-    return states, ChunkReport(means, nonfinite)
+    means = jnp.where(train, sums / cfg["eval_frequency"], jnp.nan)  # NaN: no updates
+    named = {name: means[..., i] for i, name in enumerate(agent.diagnostics)}
+    return states, ChunkReport(named, nonfinite)
 
 
 def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):

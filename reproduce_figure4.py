@@ -127,8 +127,10 @@ def final_dir(out_dir: str, hyperparameters: str) -> str:
 
 
 def grid_output_path(prefix: str, point: dict) -> str:
-    """The grid run's name for a point's `.out`: `<prefix>_<key>=<value>_...` over sorted keys."""
-    return f"{prefix}_" + "_".join(f"{k}={float(point[k])!r}" for k in sorted(point)) + ".out"
+    """The grid run's name for a point's `.out` (`config.point_name`, over sorted keys)."""
+    import config
+
+    return f"{prefix}_{config.point_name(point, sorted(point))}.out"
 
 
 def tune_job(cell: Cell, args) -> Job:
@@ -687,11 +689,6 @@ def cost_table(costs: list[StageCost]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line naming the flag, exit 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def number(kind, minimum, strict: bool = False):
     """An argparse type: an int or finite float >= minimum (> minimum when strict)."""
     name = {int: "an integer", float: "a number"}[kind]
@@ -711,7 +708,9 @@ def number(kind, minimum, strict: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    from plot_metric import OneLineErrorParser  # one line naming the flag, exit status 2
+
+    p = OneLineErrorParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument(
         "--stage",
         nargs="+",

@@ -677,4 +677,4 @@ def test_without_a_target_network_bootstrap_parameters_are_set_once_per_step():
     assert float(learner.q_params) == 13.0
     # all three updates bootstrapped from the step's starting parameters (mean of 10, 10, 10),
     # not from the parameters of the update before (10, 11, 12)
-    assert float(diagnostics["target"]) == 10.0
+    assert diagnostics.tolist() == [10.0]
