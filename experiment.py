@@ -113,9 +113,8 @@ def train(
     steps_since_save, steps_since_checkpoint = progress.steps_since_save, 0
     schedule = OutputSchedule()
     first = progress.chunks_done  # 0, or where the checkpoint left off
-    bar = tqdm(
-        range(first, num_chunks), initial=first, total=num_chunks, disable=quiet, unit="chunk"
-    )
+    chunks = range(first, num_chunks)
+    bar = tqdm(chunks, initial=first, total=num_chunks, disable=quiet, dynamic_ncols=True)
     for i in bar:
         t0 = i * chunk_steps
         if cfg["save_params"] and steps_since_save >= cfg["save_frequency"]:
