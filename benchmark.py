@@ -266,7 +266,12 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     agent = build_agent(cfg, env)
     hp = config.grid_hyperparameters([cfg])
     keys = jax.random.split(jax.random.PRNGKey(0), num_seeds)
-    result = {"agent": name, "seeds": num_seeds}
+    device = jax.devices()[0]
+    result = {
+        "agent": name,
+        "seeds": num_seeds,
+        "device": f"{device.platform}: {device.device_kind}",
+    }
 
     silent = agent._replace(update=lambda *a: (agent.update(*a)[0], {}), diagnostics=())
     variants = {
