@@ -202,11 +202,12 @@ def available_memory(devices) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "this machine's free memory"
 
 
-def check_memory(agent: loop.Agent, env, cfg: dict, num_points: int, devices=None) -> str:
-    """Raise `ConfigError` when the training state of the run cannot fit on the devices that
-    will hold it; else return a line for the start-up log saying how much it takes."""
-    num_seeds = cfg["num_seeds"]
-    total, buffers = training_state_bytes(state_shapes(agent, env, num_points, num_seeds))
+def check_memory(shapes, devices=None) -> str:
+    """Raise `ConfigError` when a training state of these `state_shapes` ([G, S] in front)
+    cannot fit on the devices that will hold it; else return a line for the start-up log saying
+    how much it takes."""
+    num_points, num_seeds = jax.tree.leaves(shapes)[0].shape[:2]
+    total, buffers = training_state_bytes(shapes)
     used = list(pair_sharding(num_points, num_seeds, devices).mesh.devices.flat)
     available, where = available_memory(used)
     points = f" x {num_points} grid points" if num_points > 1 else ""

@@ -82,8 +82,9 @@ def train(
 ) -> list[dict]:
     """The whole run of every grid point (one, for a config without lists); returns the `.out`
     record of each point as last written. `program_dir`: see `compile_run`. With `resume`, the
-    run goes on from `<output>.ckpt` when there is one (`checkpoint.load` raises
-    `CheckpointError`, before anything compiles, when it cannot)."""
+    run goes on from `<output>.ckpt` when there is one. Raises, before anything compiles,
+    `ConfigError` when the training state cannot fit in memory (`check_memory`), and
+    `CheckpointError` when the checkpoint cannot be resumed (`checkpoint.load`)."""
     from tqdm import tqdm
 
     points, axes = config.grid_points(cfg), config.grid_axes(cfg)
@@ -92,6 +93,9 @@ def train(
     num_chunks = cfg["num_steps"] // chunk_steps
     checkpoint_path = f"{output}.ckpt"
     shapes = state_shapes(agent, env, len(points), num_seeds)
+    memory = check_memory(shapes)  # raises ConfigError, before anything compiles
+    if not quiet:
+        print(memory, file=sys.stderr)
     restored = None
     if resume and os.path.exists(checkpoint_path):
         restored = checkpoint.load(checkpoint_path, cfg, shapes)
@@ -192,22 +196,17 @@ def main(agent_type: str, build_agent: Callable[[dict, Any], Agent], argv=None) 
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     start = time.time()
     agent = build_agent(cfg, env)
-    num_points = len(config.grid_points(cfg))
-    try:
-        memory = check_memory(agent, env, cfg, num_points)
-    except config.ConfigError as error:
-        fail(args.config, error)
-    if not args.quiet:
-        print(memory, file=sys.stderr)
     try:
         records = train(
             agent, env, cfg, args.seed, args.output, args.quiet, program_dir, args.resume
         )
+    except config.ConfigError as error:  # the memory check
+        fail(args.config, error)
     except checkpoint.CheckpointError as error:
         print(f"--resume: {error}", file=sys.stderr)
         sys.exit(2)
     if not args.quiet:
-        steps = cfg["num_steps"] * cfg["num_seeds"] * num_points
+        steps = cfg["num_steps"] * cfg["num_seeds"] * len(records)
         elapsed = time.time() - start
         print(
             f"done: {steps} env steps in {elapsed:.1f} s ({steps / elapsed:.0f} steps/s, "
