@@ -1,5 +1,6 @@
-"""Compilation and device placement: the loop of `loop.py` jitted once per run, its seed axis
-sharded over the devices, XLA's CPU flags and its persistent compilation cache."""
+"""Compilation and device placement: the loop of `loop.py` jitted once per run, its (grid
+point, seed) pairs sharded over the devices, the memory check, XLA's CPU flags and its
+persistent compilation cache."""
 
 from __future__ import annotations
 
