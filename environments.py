@@ -75,6 +75,48 @@ def tree_select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
+class _GoalGrid:
+    """What ProcMaze and OpenGrid share: the constructor, grid moves and the goal dynamics
+    (`_goal_reaching_step`). A subclass says how many observation channels it has, how likely
+    its spontaneous event is, and where a move ends (`_moved`: walls, or none)."""
+
+    num_channels: int
+
+    def __init__(
+        self,
+        grid_size: int = 10,
+        spontaneous_termination: bool = True,
+        teleport_on_termination: bool = True,
+    ):
+        _check_config(type(self), locals())
+        self.grid_size = int(grid_size)
+        self.spontaneous_termination = bool(spontaneous_termination)
+        self.teleport_on_termination = bool(teleport_on_termination)
+        self.observation_size = self.grid_size * self.grid_size * self.num_channels
+        self.spontaneous_probability = (
+            self._spontaneous_rate() if self.spontaneous_termination else 0.0
+        )
+
+    @staticmethod
+    def _value_errors(config: dict) -> list[str]:
+        return _grid_size_errors(config)
+
+    def num_actions(self) -> int:
+        return _NUM_GRID_ACTIONS
+
+    def step(self, key: jax.Array, state, action: jax.Array):
+        player, reward, terminal = _goal_reaching_step(
+            key,
+            state.player,
+            state.goal,
+            self._moved(state, action),
+            self.spontaneous_probability,
+            self.teleport_on_termination,
+        )
+        state = state._replace(player=player)
+        return state, self.get_observation(state), reward, terminal, {}
+
+
 # --------------------------------------------------------------------------------------------
 # ProcMaze
 # --------------------------------------------------------------------------------------------
@@ -171,36 +213,18 @@ def _uniform_open_cell(noise: jax.Array, walls: jax.Array) -> jax.Array:
     return jnp.stack([index // G, index % G]).astype(jnp.int32)
 
 
-class ProcMaze:
+class ProcMaze(_GoalGrid):
     """Procedurally generated maze; reach the goal. Episodic, reward -1 per step.
 
     Observation channels: 0 player, 1 goal, 2 wall, 3 empty (not wall); ``4 G^2`` bits.
     """
 
-    def __init__(
-        self,
-        grid_size: int = 10,
-        spontaneous_termination: bool = True,
-        teleport_on_termination: bool = True,
-    ):
-        _check_config(type(self), locals())
-        self.grid_size = int(grid_size)
-        self.spontaneous_termination = bool(spontaneous_termination)
-        self.teleport_on_termination = bool(teleport_on_termination)
-        G = self.grid_size
-        self.num_channels = 4
-        self.observation_size = G * G * self.num_channels
+    num_channels = 4
+
+    def _spontaneous_rate(self) -> float:
         # 0.1 divided by the number of open cells of a maze with the most open cells.
-        self.spontaneous_probability = (
-            0.1 / ((G + 1) * math.ceil(G / 2) - G % 2) if self.spontaneous_termination else 0.0
-        )
-
-    @staticmethod
-    def _value_errors(config: dict) -> list[str]:
-        return _grid_size_errors(config)
-
-    def num_actions(self) -> int:
-        return _NUM_GRID_ACTIONS
+        G = self.grid_size
+        return 0.1 / ((G + 1) * math.ceil(G / 2) - G % 2)
 
     def reset(self, key: jax.Array) -> tuple[ProcMazeState, jax.Array]:
         G = self.grid_size
@@ -219,19 +243,9 @@ class ProcMaze:
         )
         return state, self.get_observation(state)
 
-    def step(self, key: jax.Array, state: ProcMazeState, action: jax.Array):
+    def _moved(self, state: ProcMazeState, action: jax.Array) -> jax.Array:
         target = _clipped_move(state.player, action, self.grid_size)
-        moved = jnp.where(state.walls[target[0], target[1]], state.player, target)
-        player, reward, terminal = _goal_reaching_step(
-            key,
-            state.player,
-            state.goal,
-            moved,
-            self.spontaneous_probability,
-            self.teleport_on_termination,
-        )
-        state = state._replace(player=player)
-        return state, self.get_observation(state), reward, terminal, {}
+        return jnp.where(state.walls[target[0], target[1]], state.player, target)
 
     def get_observation(self, state: ProcMazeState) -> jax.Array:
         G = self.grid_size
@@ -257,32 +271,16 @@ class OpenGridState(NamedTuple):
     goal: jax.Array  # int32[2], always [G-1, G-1]
 
 
-class OpenGrid:
+class OpenGrid(_GoalGrid):
     """Empty grid with the goal in the bottom-right corner; ProcMaze dynamics without walls.
 
     Observation: a single player channel, ``G^2`` bits.
     """
 
-    def __init__(
-        self,
-        grid_size: int = 10,
-        spontaneous_termination: bool = True,
-        teleport_on_termination: bool = True,
-    ):
-        _check_config(type(self), locals())
-        self.grid_size = int(grid_size)
-        self.spontaneous_termination = bool(spontaneous_termination)
-        self.teleport_on_termination = bool(teleport_on_termination)
-        self.num_channels = 1
-        self.observation_size = self.grid_size * self.grid_size
-        self.spontaneous_probability = 0.1 / self.grid_size if self.spontaneous_termination else 0.0
+    num_channels = 1
 
-    @staticmethod
-    def _value_errors(config: dict) -> list[str]:
-        return _grid_size_errors(config)
-
-    def num_actions(self) -> int:
-        return _NUM_GRID_ACTIONS
+    def _spontaneous_rate(self) -> float:
+        return 0.1 / self.grid_size
 
     def reset(self, key: jax.Array) -> tuple[OpenGridState, jax.Array]:
         G = self.grid_size
@@ -292,18 +290,8 @@ class OpenGrid:
         )
         return state, self.get_observation(state)
 
-    def step(self, key: jax.Array, state: OpenGridState, action: jax.Array):
-        moved = _clipped_move(state.player, action, self.grid_size)
-        player, reward, terminal = _goal_reaching_step(
-            key,
-            state.player,
-            state.goal,
-            moved,
-            self.spontaneous_probability,
-            self.teleport_on_termination,
-        )
-        state = state._replace(player=player)
-        return state, self.get_observation(state), reward, terminal, {}
+    def _moved(self, state: OpenGridState, action: jax.Array) -> jax.Array:
+        return _clipped_move(state.player, action, self.grid_size)
 
     def get_observation(self, state: OpenGridState) -> jax.Array:
         return _one_hot_cell(state.player, self.grid_size).reshape(-1)

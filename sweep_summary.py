@@ -7,8 +7,12 @@ Usage::
 
 A grid run writes one `.out` file per grid point, e.g. ``ER_alpha_adam=5e-05_softmax_temp=0.1
 .out``, whose config holds that point's values. The grid axes are the config keys whose values
-differ between the files; they must be numbers, and every other key (``agent_type``,
-``environment``, ...) must agree, or the files are not one grid.
+differ between the files and that change what a run learns: traced keys (step sizes,
+temperatures, ...: what one compiled grid varies) and, across separate runs, shape keys (e.g.
+``num_hidden_units``). They must be numbers, and every other such key (``agent_type``,
+``environment``, ...) must agree, or the files are not one grid. Keys that only the host loop
+reads (``num_steps``, ``checkpoint_frequency``, ``seed``, ...; `training/schema.py`) are never
+axes: a note names those that differ.
 
 Score of a point: for each seed, the mean of the metric over all evaluations (the area under
 its learning curve divided by its length); the point's score is the mean over seeds, with a 95%
@@ -21,9 +25,9 @@ the best point, and a warning when the best value of an axis is the smallest or 
 tried. With two axes a heat map of the score is saved, with one axis a line plot; the default
 path is the files' common name prefix + ``_summary.png`` (``ER_summary.png``).
 
-Like `plot_metric.py` (whose loading and bootstrap this reuses), this imports only numpy,
-pickle and matplotlib, and opens a window only when a display exists and ``--no-show`` is not
-given.
+The files are read, and scored with the 95% bootstrap interval, by the `.out` format's own
+module (`training/results.py`); like `plot_metric.py` this imports no jax, and opens a window
+only when a display exists and ``--no-show`` is not given.
 """
 
 from __future__ import annotations
@@ -32,20 +36,24 @@ import itertools
 import numbers
 import os
 import sys
-import types
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.patches import Rectangle
 
 import plot_metric  # selects the Agg backend when there is no display
-from plot_metric import DEFAULT_METRIC, PlotError
+from training import results
+from training.cli import OneLineErrorParser
+from training.results import DEFAULT_METRIC, ResultsError
+from training.schema import HOST_ONLY_KEYS, is_number, same_value
 
 PROG = "sweep_summary.py"
 MAX_MISSING_LISTED = 5
 MAX_TICK_CHARS = 9  # about what fits under one heat-map cell
 
 
-class SweepError(PlotError):
+class SweepError(ResultsError):
     """A user-facing error: one line on stderr, exit status 2."""
 
 
@@ -81,28 +89,23 @@ class Point:
 
 def load_run(path: str, metric: str = DEFAULT_METRIC) -> Run:
     """Load one `.out` file: its config as a dict and each seed's mean metric."""
-    data = plot_metric.load_out(path)
-    config = data.get("config")
-    config = vars(config) if isinstance(config, types.SimpleNamespace) else config
-    if not isinstance(config, dict):
+    data = results.load_out(path)
+    config = results.out_config(data)
+    if not config:
         raise SweepError(f"{path} has no config (expected a SimpleNamespace under 'config')")
     metrics = data["metrics"]
-    _, values = plot_metric.metric_values(path, metrics, metric)
+    _, values = results.metric_values(path, metrics, metric)
     with np.errstate(invalid="ignore"):  # +inf and -inf in one seed: NaN, left out later
         seed_scores = values.mean(axis=0)
     diverged = None
-    if plot_metric.DIVERGED_KEY in metrics:
-        diverged = plot_metric.diverged_seeds(path, metrics, values.shape[1])
-    return Run(path, dict(config), seed_scores, diverged, values.shape[0])
-
-
-def is_number(value) -> bool:
-    """True for ints and floats (numpy's too), False for bools, which are switches, not axes."""
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    if results.DIVERGED_KEY in metrics:
+        diverged = results.diverged_seeds(path, metrics, values.shape[1])
+    return Run(path, config, seed_scores, diverged, values.shape[0])
 
 
 def find_axes(runs: list[Run]) -> list[str]:
-    """The config keys whose values differ between runs, in the first config's key order.
+    """The config keys whose values differ between runs, in the first config's key order,
+    less those only the host loop reads (`host_only_differences` names them).
 
     Raises SweepError when a differing key is not a number in every file (or is missing from
     some), since such files are not points of one numeric grid.
@@ -110,7 +113,7 @@ def find_axes(runs: list[Run]) -> list[str]:
     keys = list(runs[0].config)
     keys += sorted({k for run in runs for k in run.config} - set(keys))
     axes = []
-    for key in keys:
+    for key in (k for k in keys if k not in HOST_ONLY_KEYS):
         holders = [run for run in runs if key in run.config]
         if len(holders) < len(runs):
             lacking = next(run for run in runs if key not in run.config)
@@ -118,10 +121,10 @@ def find_axes(runs: list[Run]) -> list[str]:
                 f"not one grid: '{key}' is in {holders[0].path} but not in {lacking.path}"
             )
         values = [run.config[key] for run in runs]
-        if all(_same(values[0], v) for v in values[1:]):
+        if all(same_value(values[0], v) for v in values[1:]):
             continue
         if not all(is_number(v) for v in values):
-            other = next(run for run in runs if not _same(values[0], run.config[key]))
+            other = next(run for run in runs if not same_value(values[0], run.config[key]))
             raise SweepError(
                 f"not one grid: '{key}' differs ({values[0]!r} in {runs[0].path}, "
                 f"{other.config[key]!r} in {other.path}); only numeric keys may vary"
@@ -130,14 +133,20 @@ def find_axes(runs: list[Run]) -> list[str]:
     return axes
 
 
-def _same(a, b) -> bool:
-    """Config values are equal: 1 and 1.0 are one point, 1 and True are not."""
-    if is_number(a) and is_number(b):
-        return a == b
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except (TypeError, ValueError):  # e.g. numpy arrays: no single truth value
-        return False
+def host_only_differences(runs: list[Run]) -> dict[str, list]:
+    """Host-only keys (run length, saving, checkpoints, seed, ...) whose values differ between
+    the runs, each with the values found: not axes, but worth saying."""
+    keys = sorted({k for run in runs for k in run.config} & HOST_ONLY_KEYS)
+    differing = {}
+    for key in keys:
+        values = [run.config.get(key) for run in runs]
+        distinct = []
+        for value in values:
+            if not any(same_value(value, seen) for seen in distinct):
+                distinct.append(value)
+        if len(distinct) > 1:
+            differing[key] = distinct
+    return differing
 
 
 def check_distinct_points(runs: list[Run], axes: list[str]) -> None:
@@ -204,7 +213,7 @@ def score_point(run: Run, axes: list[str]) -> Point:
     """
     finite = run.seed_scores[np.isfinite(run.seed_scores)]
     if finite.size:
-        score, low, high = (float(x) for x in plot_metric.bootstrap_ci(finite))
+        score, low, high = (float(x) for x in results.bootstrap_ci(finite))
     else:
         score = low = high = float("nan")
     num_diverged = None if run.diverged is None else int(np.count_nonzero(run.diverged))
@@ -322,6 +331,9 @@ def report_lines(runs: list[Run], axes: list[str], ranked: list[Point]) -> list[
             )
     uneven = uneven_evaluations_warning(runs)
     lines += [uneven] if uneven else []
+    for key, values in host_only_differences(runs).items():
+        shown = ", ".join(format_value(v) for v in values)
+        lines.append(f"note: the runs differ in {key} ({shown}), which is not a grid axis")
     missing = missing_points(runs, axes)
     if missing:
         listed = "; ".join(
@@ -393,9 +405,6 @@ def diverged_grid(points: list[Point], x_values: list, y_values: list) -> np.nda
 
 def draw_heatmap(points, runs, axes, best, metric, title, fmt, ax):
     """Score of each (x = first axis, y = second axis) cell, annotated, the best one outlined."""
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
     x_values, y_values = axis_values(runs, axes[0]), axis_values(runs, axes[1])
     grid = np.ma.masked_invalid(score_grid(points, x_values, y_values))
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")
@@ -463,8 +472,6 @@ def draw_line(points, axes, best, metric, title, ax):
 
 def draw(points, runs, axes, best, metric):
     """The figure for 1 or 2 axes; None (no picture) otherwise."""
-    import matplotlib.pyplot as plt
-
     title, fmt = figure_title(runs, metric), number_format(points)
     if len(axes) == 2:
         nx, ny = len(axis_values(runs, axes[0])), len(axis_values(runs, axes[1]))
@@ -484,7 +491,7 @@ def draw(points, runs, axes, best, metric):
 
 
 def build_parser():
-    parser = plot_metric.OneLineErrorParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data", "-d", nargs="+", required=True, metavar="FILE", help="the grid's .out files"
     )
@@ -499,10 +506,12 @@ def build_parser():
     return parser
 
 
-def summarise(paths: list[str], metric: str, minimize: bool):
-    """Load, check, score and rank: ``(runs, axes, ranked points)``; raises SweepError."""
+def summarise(paths: list[str], metric: str, minimize: bool, axes: list[str] | None = None):
+    """Load, check, score and rank: ``(runs, axes, ranked points)``; raises ResultsError. The
+    axes are found from the configs (`find_axes`) unless the caller knows them (a grid run's
+    own, as the Figure 4 driver does)."""
     runs = [load_run(path, metric) for path in paths]
-    axes = find_axes(runs)
+    axes = find_axes(runs) if axes is None else list(axes)
     check_distinct_points(runs, axes)
     ranked = rank([score_point(run, axes) for run in runs], minimize)
     return runs, axes, ranked
@@ -519,11 +528,9 @@ def main(argv=None) -> int:
     """Command-line entry point; returns 0, or exits with status 2 on a user error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    import matplotlib.pyplot as plt
-
     try:
         runs, axes, ranked = summarise(args.data, args.metric, args.minimize)
-    except PlotError as e:
+    except ResultsError as e:
         parser.exit(2, f"{PROG}: error: {e}\n")
     print("\n".join(report_lines(runs, axes, ranked)))
     fig = draw(ranked, runs, axes, ranked[0], args.metric)

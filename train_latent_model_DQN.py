@@ -7,8 +7,8 @@ The agent's own idea: store every real transition; each update
    with the updated model and the current Q (`rollout`),
 3. takes one Q step on the imagined transitions, with latents in place of observations.
 Q acts on latents everywhere, also in the environment and in greedy evaluation, where the
-observation is first encoded with a sample (`q_values`). Loop, config, evaluation and saving live
-in `experiment.py`.
+observation is first encoded with a sample (`q_values`). Loop, config, evaluation and saving live in
+the run machinery (`training/`).
 """
 
 from typing import NamedTuple
@@ -18,8 +18,12 @@ import jax
 import jax.numpy as jnp
 
 import agents
-import experiment
-import loop
+import latent_model
+import model_parts
+import replay_buffer
+from training import experiment, loop
+
+AGENT_TYPE = "latent_model"  # the config's agent_type: which keys it reads (training/schema.py)
 
 
 class Networks(NamedTuple):
@@ -35,14 +39,14 @@ class Networks(NamedTuple):
 
 def build_networks(cfg: dict, num_actions: int, obs_size: int) -> Networks:
     mlp = agents.MLPConfig.from_config(cfg)
-    latent = agents.LatentConfig.from_config(cfg)
+    latent = latent_model.LatentConfig.from_config(cfg)
     return Networks(
         q=agents.q_network(num_actions, mlp),
-        phi=agents.phi_network(latent, mlp),
-        next_phi=agents.next_phi_network(num_actions, latent, mlp),
-        obs=agents.obs_network(obs_size, cfg["binary_obs"], cfg["learn_obs_variance"], mlp),
-        reward=agents.reward_network(num_actions, mlp),
-        termination=agents.termination_network(num_actions, mlp),
+        phi=latent_model.phi_network(latent, mlp),
+        next_phi=latent_model.next_phi_network(num_actions, latent, mlp),
+        obs=latent_model.obs_network(obs_size, cfg["binary_obs"], cfg["learn_obs_variance"], mlp),
+        reward=model_parts.reward_network(num_actions, mlp),
+        termination=model_parts.termination_network(num_actions, mlp),
     )
 
 
@@ -65,10 +69,10 @@ def init_model_params(nets: Networks, key: jax.Array, latent_size: int, obs_size
 
 
 def model_loss_terms(
-    nets: Networks, cfg: dict, params, transition: agents.Transition, key: jax.Array
+    nets: Networks, cfg: dict, params, transition: replay_buffer.Transition, key: jax.Array
 ) -> dict[str, jax.Array]:
     """The unweighted loss terms of one real transition (s, a, r, s', terminal)."""
-    latent = agents.LatentConfig.from_config(cfg)
+    latent = latent_model.LatentConfig.from_config(cfg)
     phi_key, next_phi_key, prior_key = jax.random.split(key, 3)
     obs, action = transition.obs, transition.action
     continues = 1.0 - transition.terminal.astype(jnp.float32)
@@ -76,22 +80,22 @@ def model_loss_terms(
     phi, posterior = nets.phi.apply(params["phi"], obs, phi_key)  # φ ~ q(·|s)
     _, next_posterior = nets.phi.apply(params["phi"], transition.next_obs, next_phi_key)  # q'
     _, next_prior = nets.next_phi.apply(params["next_phi"], phi, action, prior_key)  # p'
-    kl_posterior, kl_prior = agents.kl_balance(next_posterior, next_prior, latent.latent_type)
+    kl_posterior, kl_prior = latent_model.kl_balance(next_posterior, next_prior, latent.latent_type)
 
-    reconstruction = agents.observation_nll(nets.obs.apply(params["obs"], phi), obs)
+    reconstruction = model_parts.observation_nll(nets.obs.apply(params["obs"], phi), obs)
     if not cfg["reconstruct_terminal_obs"]:
         # Q6: the reference masks the *current* observation on terminal transitions.
         reconstruction = reconstruction * continues
     return {
         "kl_posterior": kl_posterior,
         "kl_prior": kl_prior,
-        "posterior_entropy": agents.latent_kl(
-            latent.latent_type, posterior, agents.base_distribution(latent)
+        "posterior_entropy": latent_model.latent_kl(
+            latent.latent_type, posterior, latent_model.base_distribution(latent)
         ),
-        "reward": agents.reward_nll(
+        "reward": model_parts.reward_nll(
             nets.reward.apply(params["reward"], phi, action), transition.reward
         ),
-        "termination": agents.continuation_nll(
+        "termination": model_parts.continuation_nll(
             nets.termination.apply(params["termination"], phi, action), transition.terminal
         ),
         "reconstruction": reconstruction,
@@ -108,7 +112,7 @@ LOSS_WEIGHTS = {
 }
 
 
-def model_loss(nets: Networks, cfg: dict, params, transitions: agents.Transition, key, hp):
+def model_loss(nets: Networks, cfg: dict, params, transitions: replay_buffer.Transition, key, hp):
     """Mean over the batch of the weighted terms; returns (loss, {term: batch mean})."""
     keys = jax.random.split(key, transitions.reward.shape[0])
     terms = jax.vmap(lambda t, k: model_loss_terms(nets, cfg, params, t, k))(transitions, keys)
@@ -167,9 +171,9 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 
 def build_agent(cfg: dict, env) -> loop.Agent:
     num_actions, obs_size = env.num_actions(), loop.observation_size(env)
-    latent_size = agents.LatentConfig.from_config(cfg).size
+    latent_size = latent_model.LatentConfig.from_config(cfg).size
     nets = build_networks(cfg, num_actions, obs_size)
-    replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
+    replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
     rollout_starts = (
         cfg["rollout_batch_size"] if cfg["seperate_rollout_batch_size"] else cfg["batch_size"]
     )
@@ -203,17 +207,10 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         learner, q_diagnostics = agents.q_learning_step(
             nets.q, learner, imagined, hp, "Q_alpha", cfg["double_DQN"]
         )
-        return learner, {**q_diagnostics, **agents.model_diagnostics(model_loss_value, terms)}
+        return learner, {**q_diagnostics, **model_parts.model_diagnostics(model_loss_value, terms)}
 
-    return loop.Agent(
-        init=init,
-        q_values=q_values,
-        store=loop.store_transition(replay),
-        update=update,
-        saved_params=loop.saved_q_and_model_params,
-        diagnostics=agents.Q_DIAGNOSTICS + agents.model_diagnostic_names(LOSS_WEIGHTS),
-    )
+    return loop.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
 
 
 if __name__ == "__main__":
-    experiment.main("latent_model", build_agent)
+    experiment.main(AGENT_TYPE, build_agent)

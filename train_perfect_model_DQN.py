@@ -6,24 +6,28 @@ update restarts the true environment from `batch_size` stored states, rolls each
 `rollout_length` steps with the current exploration policy, and takes one Q-learning step on
 all `batch_size * rollout_length` transitions. It is the upper bound for a learned model: the
 same training scheme as the model agents, with a model that makes no errors. Loop, config,
-evaluation and saving live in `experiment.py`.
+evaluation and saving live in the run machinery (`training/`).
 """
 
 import jax
 import jax.numpy as jnp
 
 import agents
-import experiment
-import loop
+import replay_buffer
+from training import experiment, loop
+
+AGENT_TYPE = "perfect_model"  # the config's agent_type: which keys it reads (training/schema.py)
 
 
-def state_buffer(env, capacity: int) -> agents.ReplayBuffer:
+def state_buffer(env, capacity: int) -> replay_buffer.ReplayBuffer:
     """A ring buffer of whole environment states (every leaf of the state pytree)."""
     example_state = jax.eval_shape(env.reset, jax.random.PRNGKey(0))[0]
     # Integer leaves are grid coordinates (< grid_size): int8 holds them while the grid is
     # smaller than 128, and a quarter of the memory matters at 30 seeds x 100k states.
     small_ints = getattr(env, "grid_size", 0) < 128
-    return agents.ReplayBuffer(example_state, capacity, int_dtype=jnp.int8 if small_ints else None)
+    return replay_buffer.ReplayBuffer(
+        example_state, capacity, int_dtype=jnp.int8 if small_ints else None
+    )
 
 
 def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch:
@@ -79,15 +83,8 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         # One gradient for the B*L transitions (the reference computes it twice, SPEC §12 Q4).
         return agents.q_learning_step(q_net, learner, batch, hp, "alpha_adam", cfg["double_DQN"])
 
-    return loop.Agent(
-        init=init,
-        q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
-        store=store,
-        update=update,
-        saved_params=loop.saved_q_params,
-        diagnostics=agents.Q_DIAGNOSTICS,
-    )
+    return loop.model_free_agent(q_net, init, store, update)
 
 
 if __name__ == "__main__":
-    experiment.main("perfect_model", build_agent)
+    experiment.main(AGENT_TYPE, build_agent)

@@ -5,8 +5,8 @@ The agent's own idea: store real transitions, but never train Q on them. Each up
 observation, then (2) rolls the *updated* model out for `rollout_length` steps from the
 sampled observations with the current exploration policy, and (3) takes one Q-learning step on
 the `batch_size * rollout_length` imagined transitions. Whatever the model generalises beyond
-the replayed data reaches Q only through these rollouts. Loop, config, evaluation and saving
-live in `experiment.py`.
+the replayed data reaches Q only through these rollouts. Loop, config, evaluation and
+saving live in the run machinery (`training/`).
 """
 
 from typing import NamedTuple
@@ -16,8 +16,12 @@ import jax
 import jax.numpy as jnp
 
 import agents
-import experiment
-import loop
+import model_parts
+import observation_model
+import replay_buffer
+from training import experiment, loop
+
+AGENT_TYPE = "simple_model"  # the config's agent_type: which keys it reads (training/schema.py)
 
 
 class ModelNetworks(NamedTuple):
@@ -33,9 +37,9 @@ def model_networks(cfg: dict, env) -> ModelNetworks:
     num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
     obs_size = loop.observation_size(env)
     return ModelNetworks(
-        reward=agents.reward_network(num_actions, mlp),
-        termination=agents.termination_network(num_actions, mlp),
-        next_obs=agents.next_obs_network(
+        reward=model_parts.reward_network(num_actions, mlp),
+        termination=model_parts.termination_network(num_actions, mlp),
+        next_obs=observation_model.next_obs_network(
             num_actions, obs_size, mlp, cfg["binary_obs"], cfg["sample_obs_from_sigmoid"]
         ),
     )
@@ -51,7 +55,7 @@ def init_model(model: ModelNetworks, key: jax.Array, obs_size: int) -> agents.Pa
     }
 
 
-def model_loss_terms(model: ModelNetworks, params, transition: agents.Transition, key):
+def model_loss_terms(model: ModelNetworks, params, transition: replay_buffer.Transition, key):
     """The three unweighted loss terms of one real transition: reward, continuation, next obs.
 
     The next-observation term is 0 on a terminal transition: what the environment shows after
@@ -61,15 +65,15 @@ def model_loss_terms(model: ModelNetworks, params, transition: agents.Transition
     reward_dist = model.reward.apply(params["reward"], obs, action)
     termination_dist = model.termination.apply(params["termination"], obs, action)
     _, next_obs_dist = model.next_obs.apply(params["next_obs"], obs, action, key)
-    obs_term = agents.observation_nll(next_obs_dist, transition.next_obs)
+    obs_term = model_parts.observation_nll(next_obs_dist, transition.next_obs)
     return {
-        "reward": agents.reward_nll(reward_dist, transition.reward),
-        "termination": agents.continuation_nll(termination_dist, transition.terminal),
+        "reward": model_parts.reward_nll(reward_dist, transition.reward),
+        "termination": model_parts.continuation_nll(termination_dist, transition.terminal),
         "obs": jnp.where(transition.terminal, 0.0, obs_term),
     }
 
 
-def model_loss(model: ModelNetworks, params, transitions: agents.Transition, key, hp):
+def model_loss(model: ModelNetworks, params, transitions: replay_buffer.Transition, key, hp):
     """Weighted sum of the terms, mean over the batch. Returns (loss, mean of each term)."""
     keys = jax.random.split(key, transitions.reward.shape[0])
     terms = jax.vmap(model_loss_terms, in_axes=(None, None, 0, 0))(model, params, transitions, keys)
@@ -96,7 +100,7 @@ def model_step(model: ModelNetworks, learner: agents.Learner, transitions, key, 
         "model_alpha",
     )
     learner = learner._replace(model_params=params, model_opt=opt_state)
-    return learner, agents.model_diagnostics(loss, terms)
+    return learner, model_parts.model_diagnostics(loss, terms)
 
 
 def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> agents.QBatch:
@@ -132,7 +136,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
     obs_size = loop.observation_size(env)
-    replay = agents.transition_buffer(obs_size, cfg["buffer_size"])
+    replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 
     def init(key):
@@ -160,15 +164,9 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         )
         return learner, {**q_diagnostics, **model_diagnostics}
 
-    return loop.Agent(
-        init=init,
-        q_values=lambda learner, obs, key: q_net.apply(learner.q_params, obs),
-        store=loop.store_transition(replay),
-        update=update,
-        saved_params=loop.saved_q_and_model_params,
-        diagnostics=agents.Q_DIAGNOSTICS + agents.model_diagnostic_names(MODEL_TERMS),
-    )
+    q_values = loop.acting_on_observations(q_net)
+    return loop.learned_model_agent(q_values, init, replay, update, MODEL_TERMS)
 
 
 if __name__ == "__main__":
-    experiment.main("simple_model", build_agent)
+    experiment.main(AGENT_TYPE, build_agent)

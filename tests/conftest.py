@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,10 +16,12 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import config  # noqa: E402
+# The tests compile afresh: no persistent compilation cache or saved programs of other runs.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+
 import environments  # noqa: E402
-import experiment  # noqa: E402
-import loop  # noqa: E402
+from agent_registry import AGENTS  # noqa: E402
+from training import config, experiment, loop  # noqa: E402
 
 # The shipped hyperparameters of SPEC §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
 BASE = {
@@ -83,12 +86,9 @@ PER_AGENT = {
         "binary_obs": True,
     },
 }
-SCRIPTS = {
-    "ER": "train_ER_DQN.py",
-    "perfect_model": "train_perfect_model_DQN.py",
-    "simple_model": "train_simple_model_DQN.py",
-    "latent_model": "train_latent_model_DQN.py",
-}
+# agent type -> its training script's module (the registry names both latent agents' one)
+MODULES = {spec.agent_type: spec.module for spec in AGENTS.values()}
+SCRIPTS = {agent_type: module.__name__ + ".py" for agent_type, module in MODULES.items()}
 
 
 def tiny_config(agent_type: str, **overrides) -> dict:
@@ -120,12 +120,11 @@ def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, outpu
 
 
 def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, output="run"):
-    """Validate `raw_config` and train in this process (no CLI). Returns (.out record, prefix)."""
-    cfg = config.validate_config(raw_config, agent_type)
-    cfg = {**cfg, "agent_type": agent_type, "seed": seed}
-    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    """Train `raw_config` in this process through `experiment.run` (no CLI). Returns (.out
+    record, prefix)."""
     prefix = str(tmp_path / output)
-    (record,) = experiment.train(build_agent(cfg, env), env, cfg, seed, prefix, quiet=True)
+    written = experiment.run(agent_type, build_agent, raw_config, prefix, seed=seed, quiet=True)
+    (record,) = written.records
     return record, prefix
 
 
@@ -205,3 +204,33 @@ def random_policy_score(raw_config: dict, agent_type: str = "ER", seed: int = 0)
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+def write_fake_out(
+    path, values, times=None, metric="reward_rates", agent_type="ER", extra=None, diverged=None
+):
+    """Write a fake `.out` file as the training scripts do: lists of numpy arrays.
+
+    ``extra`` maps more metric names to ``(E, S)`` arrays; ``diverged`` is an ``(E, S)`` bool
+    array stored as the ``'diverged'`` record (absent by default, as in older runs).
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if times is None:
+        times = [500 * i for i in range(values.shape[0])]
+    config = types.SimpleNamespace(
+        agent_type=agent_type, seed=0, num_seeds=values.shape[1], environment="ProcMaze"
+    )
+    metrics = {metric: [row for row in values], "eval_times": [int(t) for t in times]}
+    for name, array in (extra or {}).items():
+        metrics[name] = [row for row in np.asarray(array, dtype=np.float32)]
+    if diverged is not None:
+        metrics["diverged"] = [row for row in np.asarray(diverged, dtype=bool)]
+    with open(path, "wb") as f:
+        pickle.dump({"config": config, "metrics": metrics}, f)
+    return str(path)
+
+
+def fake_values(num_evals, num_seeds, seed):
+    rng = np.random.default_rng(seed)
+    trend = -100 + 90 * (1 - np.exp(-np.arange(num_evals) / 5.0))
+    return trend[:, None] + rng.normal(0, 5, size=(num_evals, num_seeds))

@@ -11,6 +11,8 @@ import optax
 import pytest
 
 import agents
+import model_parts
+import replay_buffer
 from agents import MLPConfig
 
 # --------------------------------------------------------------------------------------------
@@ -86,12 +88,12 @@ def test_activations_match_numpy_and_differ():
     a = jnp.array([0, 1, 2, 0, 1, 2], jnp.int32)
     inputs = np.concatenate([np.asarray(x), np.eye(num_actions)[np.asarray(a)]], axis=-1)
     # The parameter tree does not depend on the activation: share one set of params.
-    params = agents.reward_network(num_actions, MLPConfig(layers, 8, "relu")).init(
+    params = model_parts.reward_network(num_actions, MLPConfig(layers, 8, "relu")).init(
         jax.random.PRNGKey(3), x[0], a[0]
     )
     outputs = {}
     for activation in ("relu", "silu", "elu"):
-        net = agents.reward_network(num_actions, MLPConfig(layers, 8, activation))
+        net = model_parts.reward_network(num_actions, MLPConfig(layers, 8, activation))
         outputs[activation] = np.asarray(net.apply(params, x, a)["mu"], np.float64)
         expected = np_mlp(params, "reward_function", inputs, layers, activation)[:, 0]
         np.testing.assert_allclose(outputs[activation], expected, rtol=1e-5, atol=1e-5)
@@ -108,7 +110,7 @@ def test_reward_and_termination_networks_take_one_hot_action_after_input():
     x_np = np.asarray(x, np.float64)
     inputs = np.concatenate([x_np, np.eye(num_actions)[np.asarray(a)]], axis=-1)
 
-    reward_net = agents.reward_network(num_actions, mlp)
+    reward_net = model_parts.reward_network(num_actions, mlp)
     r_params = reward_net.init(jax.random.PRNGKey(5), x[0], a[0])
     assert set(r_params) == {"reward_function/linear", "reward_function/linear_1"}
     assert r_params["reward_function/linear"]["w"].shape == (obs_dim + num_actions, 8)
@@ -128,7 +130,7 @@ def test_reward_and_termination_networks_take_one_hot_action_after_input():
     mu_other = reward_net.apply(r_params, x, (a + 1) % num_actions)["mu"]
     assert not np.allclose(np.asarray(mu_other), expected_mu, atol=1e-4)
 
-    term_net = agents.termination_network(num_actions, mlp)
+    term_net = model_parts.termination_network(num_actions, mlp)
     t_params = term_net.init(jax.random.PRNGKey(6), x[0], a[0])
     assert set(t_params) == {"termination_function/linear", "termination_function/linear_1"}
     t_out = term_net.apply(t_params, x, a)
@@ -378,7 +380,7 @@ def test_q_learning_step_decreases_loss_and_keeps_target(double_dqn):
 
 
 def test_to_q_batch_continuation_and_weights():
-    transitions = agents.Transition(
+    transitions = replay_buffer.Transition(
         obs=jnp.zeros((3, 2), bool),
         action=jnp.array([0, 1, 2], jnp.int32),
         reward=jnp.array([0.0, 1.0, -1.0]),
@@ -403,7 +405,7 @@ def bits(i, size):
 
 def item(i, obs_size):
     """A transition that encodes `i` in every field."""
-    return agents.Transition(
+    return replay_buffer.Transition(
         obs=jnp.asarray(bits(i, obs_size)),
         action=jnp.int32(i),
         reward=jnp.float32(i + 0.5),
@@ -426,7 +428,7 @@ def assert_aligned(sample, obs_size):
 
 def test_bool_leaves_are_stored_packed():
     obs_size, capacity = 64, 1000
-    buffer = agents.transition_buffer(obs_size, capacity)
+    buffer = replay_buffer.transition_buffer(obs_size, capacity)
     state = buffer.init()
     assert state.storage.obs.dtype == jnp.uint8
     assert state.storage.next_obs.dtype == jnp.uint8
@@ -443,7 +445,7 @@ def test_bool_leaves_are_stored_packed():
 
 def test_wrap_around_keeps_last_items_in_ring_order():
     obs_size = 13
-    buffer = agents.transition_buffer(obs_size, 5)
+    buffer = replay_buffer.transition_buffer(obs_size, 5)
     state = buffer.init()
     assert int(state.position) == 0 and int(state.size) == 0
     add = jax.jit(buffer.add)
@@ -462,7 +464,7 @@ def test_wrap_around_keeps_last_items_in_ring_order():
 
 def test_sampling_only_from_written_slots():
     obs_size = 13
-    buffer = agents.transition_buffer(obs_size, 100)
+    buffer = replay_buffer.transition_buffer(obs_size, 100)
     state = buffer.init()
     for i in (10, 21, 33):
         state = buffer.add(state, item(i, obs_size))
@@ -488,7 +490,7 @@ def test_sampled_bool_observations_are_bit_exact():
         }
         for i in range(num_items)
     ]
-    buffer = agents.ReplayBuffer(items[0], num_items)
+    buffer = replay_buffer.ReplayBuffer(items[0], num_items)
     state = buffer.init()
     assert state.storage["odd"].dtype == jnp.uint8
     assert state.storage["wide"].shape == (num_items, 8)
@@ -508,7 +510,7 @@ def test_sampled_bool_observations_are_bit_exact():
 
 def test_int_dtype_storage_round_trips_small_ints():
     example = {"pos": np.zeros(2, np.int32), "value": np.float32(0.0), "mask": np.zeros(3, bool)}
-    buffer = agents.ReplayBuffer(example, 4, int_dtype=jnp.int8)
+    buffer = replay_buffer.ReplayBuffer(example, 4, int_dtype=jnp.int8)
     state = buffer.init()
     assert state.storage["pos"].dtype == jnp.int8
     assert state.storage["value"].dtype == jnp.float32
@@ -542,7 +544,7 @@ def test_int_dtype_storage_round_trips_small_ints():
 
 def test_buffer_under_jit_and_vmap_over_seeds():
     obs_size, num_seeds = 13, 3
-    buffer = agents.transition_buffer(obs_size, 4)
+    buffer = replay_buffer.transition_buffer(obs_size, 4)
     states = jax.vmap(lambda _: buffer.init())(jnp.arange(num_seeds))
     assert states.storage.obs.shape[:2] == (num_seeds, 4)
     add = jax.jit(jax.vmap(buffer.add))

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
 
-import checkpoint
-import config
+from training import checkpoint, config, schema
 
 NUM_STEPS = 1000  # 20 chunks of 50 steps: long enough to be killed part-way
 
@@ -163,4 +162,4 @@ def test_a_state_of_another_layout_or_a_damaged_file_is_refused(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
         checkpoint.load(path, cfg, shapes)
     # the next checkpoint interval default: a tenth of the run
-    assert checkpoint.checkpoint_every({**cfg, "checkpoint_frequency": None}) == 20
+    assert schema.checkpoint_every({**cfg, "checkpoint_frequency": None}) == 20

@@ -23,14 +23,9 @@ from conftest import (
 )
 
 import agents
-import compilation
-import config
 import environments
-import experiment
-import loop
-import outputs
-import saved_programs
 import train_ER_DQN
+from training import compilation, config, experiment, files, loop, saved_programs
 
 # ------------------------------------------------------------------------------------------
 # Config validation: one line naming the key, before anything is compiled
@@ -259,7 +254,8 @@ import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-import compilation, config, environments, train_ER_DQN
+import environments, train_ER_DQN
+from training import compilation, config
 assert len(jax.devices()) == 4
 raw = tiny_config("ER", num_seeds=2, alpha_adam=[1e-3, 3e-3], softmax_temp=[0.1, 0.4])
 cfg = config.validate_config(raw, "ER")
@@ -452,8 +448,8 @@ def test_params_saved_on_schedule(tmp_path, monkeypatch):
 def test_output_files_get_ordinary_permissions(tmp_path):
     """Written through a temporary file, yet readable like any new file (not mkstemp's 0600)."""
     path = tmp_path / "run.out"
-    outputs.write_pickle_atomic(str(path), {"metrics": {}})
-    assert path.stat().st_mode & 0o777 == 0o666 & ~outputs._UMASK
+    files.write_pickle_atomic(str(path), {"metrics": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
     assert load_pickle(str(path)) == {"metrics": {}}
     assert os.listdir(tmp_path) == ["run.out"]  # no temporary file left behind
 
@@ -516,7 +512,7 @@ def test_er_beats_a_random_policy(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 _FLAG_PROBE = (
-    "import os, experiment; from jax._src import xla_bridge; "
+    "import os; from training import experiment; from jax._src import xla_bridge; "
     "print(os.environ['XLA_FLAGS']); print(len(xla_bridge._backends))"
 )
 

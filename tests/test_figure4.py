@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-import config  # conftest has put the repository on sys.path
-import figure4_configs as f4
 import reproduce_figure4 as r4
-from figure4_configs import Cell
+from agent_registry import AGENTS
+from figure4 import estimate, executors, figure
+from figure4 import plan as f4
+from figure4.plan import PRESETS, Cell
+from training import config
+from training.experiment import RunError
 
 SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
 SCRIPT = os.path.join(ROOT, "reproduce_figure4.py")
@@ -156,29 +159,29 @@ def test_committed_configs_are_what_the_generator_writes():
     assert committed == sorted(generated)
     for path, text in generated.items():
         with open(path) as f:
-            assert f.read() == text, f"{path} differs: run python figure4_configs.py"
+            assert f.read() == text, f"{path} differs: run python -m figure4.plan"
 
 
 def test_every_stage_config_validates_full_and_quick():
     """The committed configs, and the tune grids and final runs built from them (full size and
     --quick), all pass the run's own validation."""
     for quick in (False, True):
-        args = r4.resolve(r4.build_parser().parse_args(["--quick"] if quick else []))
+        the_plan = r4.resolve(r4.build_parser().parse_args(["--quick"] if quick else [])).plan
         for cell in f4.all_cells():
-            agent_type = f4.AGENTS[cell.agent].agent_type
+            agent_type = AGENTS[cell.agent].agent_type
             config.validate_config(load_json(f4.config_path(cell)), agent_type)
-            for job in (r4.tune_job(cell, args), r4.final_job(cell, args)):
+            for job in (f4.tune_job(cell, the_plan), f4.final_job(cell, the_plan)):
                 config.validate_config(job.raw, agent_type)
-            assert len(r4.tune_job(cell, args).outputs) == (4 if quick else 110)
+            assert len(f4.tune_job(cell, the_plan).outputs) == (4 if quick else 110)
 
 
 def test_default_grid_holds_every_table_value():
     values = [v for agent in f4.TABLE.values() for env in agent.values() for v in env.values()]
     for step, temp in values:
-        assert any(np.isclose(step, s, rtol=1e-12) for s in r4.STEP_SIZES), step
-        assert any(np.isclose(temp, t, rtol=1e-12) for t in r4.TEMPERATURES), temp
-    assert (len(r4.STEP_SIZES), len(r4.TEMPERATURES)) == (10, 11)
-    assert r4.STEP_SIZES[-1] == pytest.approx(1.6e-3) and r4.TEMPERATURES[-1] == 12.8
+        assert any(np.isclose(step, s, rtol=1e-12) for s in f4.STEP_SIZES), step
+        assert any(np.isclose(temp, t, rtol=1e-12) for t in f4.TEMPERATURES), temp
+    assert (len(f4.STEP_SIZES), len(f4.TEMPERATURES)) == (10, 11)
+    assert f4.STEP_SIZES[-1] == pytest.approx(1.6e-3) and f4.TEMPERATURES[-1] == 12.8
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,8 +226,8 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
     for regime in ("high", "low"):
         selected = load_json(out / "selected" / f"ER_ProcMaze_{regime}.json")
         cfg = config.validate_config(selected, "ER")
-        assert cfg["alpha_adam"] in r4.QUICK_STEP_SIZES
-        assert cfg["softmax_temp"] in r4.QUICK_TEMPERATURES
+        assert cfg["alpha_adam"] in PRESETS["quick"].step_sizes
+        assert cfg["softmax_temp"] in PRESETS["quick"].temperatures
         assert cfg["num_seeds"] == 30  # the real-size config; final shrinks it under --quick
         record = load_out(out / "final_selected" / f"ER_ProcMaze_{regime}.out")
         assert len(record["metrics"]["eval_times"]) == 10
@@ -275,7 +278,7 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     flags = ["--executor", "slurm", "--slurm-partition", "gpu", "--time", "90"]
     flags += ["--cpus-per-job", "4", "--gpus-per-job", "2", "--slurm-array-parallelism", "7"]
     args = r4.resolve(r4.build_parser().parse_args(flags))
-    executor = r4.make_executor(args, str(tmp_path / "logs" / "%j"))
+    executor = executors.make_executor(args.options, str(tmp_path / "logs" / "%j"))
     header = executor._executor._make_submission_file_text("CMD", "uid")
     for line in ("--partition=gpu", "--time=90", "--cpus-per-task=4", "--gpus-per-node=2"):
         assert f"#SBATCH {line}" in header
@@ -283,14 +286,13 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     assert ROOT in os.environ["PYTHONPATH"].split(os.pathsep)
 
 
-def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path, capsys):
-    """experiment.main exits on a bad config; inside a job that must be an exception (the
-    inline executor records it and goes on with the next cell)."""
-    bad = tmp_path / "bad.json"
-    bad.write_text("{}")
-    with pytest.raises(RuntimeError, match="status 2"):
-        r4.run_job("train_ER_DQN", "ER", str(bad), str(tmp_path / "run"), 0)
-    assert "config error" in capsys.readouterr().err
+def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
+    """A job whose run cannot start raises the run's one line (the inline executor records it
+    and goes on with the next cell; a submitit job's error names it too)."""
+    with pytest.raises(RunError, match="config error: activation: missing required key"):
+        executors.run_job("ER", {}, str(tmp_path / "run"), 0)
+    error = RuntimeError("Traceback ...\ntraining.experiment.RunError: config error: x\nlog: y")
+    assert executors.failure_line(error) == "config error: x"
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,7 +326,7 @@ def test_plot_draws_missing_cells_as_absent(tmp_path, capsys):
     write_fake_out(final / "ER_ProcMaze_high.out")
     write_fake_out(final / "perfect_model_ProcMaze_high.out", diverged_seed=1)
     (final / "simple_model_PanFlute_low.out").write_bytes(b"not a pickle")
-    fig = r4.draw_figure(str(final), list(f4.AGENTS), list(f4.ENVIRONMENTS), list(f4.REGIMES))
+    fig = figure.draw_figure(str(final), list(AGENTS), list(f4.ENVIRONMENTS), list(f4.REGIMES))
     err = capsys.readouterr().err
     assert "simple_model_PanFlute_low.out" in err  # said, then drawn as absent
     assert "perfect_model_ProcMaze_high.out" in err  # its diverged seed is left out, and said
@@ -358,16 +360,16 @@ def test_plot_of_nothing_is_a_figure_of_empty_panels(tmp_path):
 
 
 def test_job_seconds_counts_updates_evaluations_and_seeds():
-    m = r4.Measurement(seeds=2, compile_s=5.0, act_s=0.001, update_s=0.01, eval_s=0.1, raw={})
+    m = estimate.Measurement(seeds=2, compile_s=5.0, act_s=0.001, update_s=0.01, eval_s=0.1, raw={})
     high = {"num_steps": 1000, "training_start_time": 0, "eval_frequency": 100}
     # per step of 2 seeds: 1 ms acting + 10 ms per update; 10 evaluations of 0.1 s
-    assert r4.job_seconds(m, high, seeds=2) == pytest.approx(5 + 1 + 10 + 1)
-    assert r4.job_seconds(m, high, seeds=4) == pytest.approx(5 + 2 * 12)
+    assert estimate.job_seconds(m, high, seeds=2) == pytest.approx(5 + 1 + 10 + 1)
+    assert estimate.job_seconds(m, high, seeds=4) == pytest.approx(5 + 2 * 12)
     low = {**high, "updates_per_step": 10}
-    assert r4.job_seconds(m, low, seeds=2) == pytest.approx(5 + 1 + 100 + 1)
-    assert r4.job_seconds(m, high, seeds=2, update_scale=2.0) == pytest.approx(5 + 1 + 20 + 1)
+    assert estimate.job_seconds(m, low, seeds=2) == pytest.approx(5 + 1 + 100 + 1)
+    assert estimate.job_seconds(m, high, seeds=2, update_scale=2.0) == pytest.approx(5 + 1 + 20 + 1)
     late = {**high, "training_start_time": 500}
-    assert r4.job_seconds(m, late, seeds=2) == pytest.approx(5 + 1 + 5 + 1)
+    assert estimate.job_seconds(m, late, seeds=2) == pytest.approx(5 + 1 + 5 + 1)
 
 
 @pytest.mark.parametrize(
@@ -398,7 +400,7 @@ def test_update_flops_follow_the_observation_size():
     FLOPs: ButtonGrid's observation (300 bits) is larger than ProcMaze's (64), PanFlute's (15)
     smaller."""
     flops = {
-        env: r4.update_flops("ER", load_json(f4.config_path(Cell("ER", env, "high"))))
+        env: estimate.update_flops("ER", load_json(f4.config_path(Cell("ER", env, "high"))))
         for env in f4.ENVIRONMENTS
     }
     assert flops["ButtonGrid"] > flops["ProcMaze"] > flops["PanFlute"] > 0

@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
 
-import compilation
-import config
 import environments
-import loop
 import train_ER_DQN
+from training import compilation, config, loop
 
 # ------------------------------------------------------------------------------------------
 # Grids in the config

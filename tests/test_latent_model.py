@@ -24,9 +24,12 @@ from conftest import (
 )
 
 import agents
-import config
 import environments
+import latent_model
+import model_parts
+import replay_buffer
 import train_latent_model_DQN as latent_dqn
+from training import config
 
 NUM_ACTIONS, OBS_SIZE = 3, 6
 WEIGHTS = {
@@ -46,13 +49,13 @@ def latent_cfg(**overrides) -> dict:
 
 def init_model(cfg, seed=0):
     nets = latent_dqn.build_networks(cfg, NUM_ACTIONS, OBS_SIZE)
-    size = agents.LatentConfig.from_config(cfg).size
+    size = latent_model.LatentConfig.from_config(cfg).size
     return nets, latent_dqn.init_model_params(nets, jax.random.PRNGKey(seed), size, OBS_SIZE)
 
 
-def hand_built_batch() -> agents.Transition:
+def hand_built_batch() -> replay_buffer.Transition:
     rng = np.random.default_rng(0)
-    return agents.Transition(
+    return replay_buffer.Transition(
         obs=jnp.asarray(rng.random((3, OBS_SIZE)) < 0.5),
         action=jnp.array([0, 2, 1], jnp.int32),
         reward=jnp.array([-1.0, 0.5, 2.0], jnp.float32),
@@ -79,13 +82,15 @@ def test_gaussian_kl_matches_numerical_integration():
         log1, log2 = normal_log_pdf(x, mu1, s1), normal_log_pdf(x, mu2, s2)
         expected += np.trapezoid(np.exp(log1) * (log1 - log2), x)
     as_jax = {k: jnp.asarray(v, jnp.float32) for k, v in p1.items()}
-    got = agents.gaussian_kl(as_jax, {k: jnp.asarray(v, jnp.float32) for k, v in p2.items()})
+    got = latent_model.gaussian_kl(as_jax, {k: jnp.asarray(v, jnp.float32) for k, v in p2.items()})
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    assert abs(float(agents.gaussian_kl(as_jax, as_jax))) < 1e-6
+    assert abs(float(latent_model.gaussian_kl(as_jax, as_jax))) < 1e-6
     # the posterior-entropy term against the standard normal
-    base = agents.base_distribution(agents.LatentConfig("gaussian", 3, None, "softplus", 0.0))
+    base = latent_model.base_distribution(
+        latent_model.LatentConfig("gaussian", 3, None, "softplus", 0.0)
+    )
     closed = np.sum(np.log(1 / p1["sigma"]) + (p1["sigma"] ** 2 + p1["mu"] ** 2) / 2 - 0.5)
-    np.testing.assert_allclose(float(agents.gaussian_kl(as_jax, base)), closed, rtol=1e-5)
+    np.testing.assert_allclose(float(latent_model.gaussian_kl(as_jax, base)), closed, rtol=1e-5)
 
 
 def test_categorical_kl_matches_direct_sum():
@@ -99,14 +104,18 @@ def test_categorical_kl_matches_direct_sum():
         logits = jnp.asarray(logits, jnp.float32)
         return {"probs": jax.nn.softmax(logits), "log_probs": jax.nn.log_softmax(logits)}
 
-    got = agents.categorical_kl(dist(logits1), dist(logits2))
+    got = latent_model.categorical_kl(dist(logits1), dist(logits2))
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
-    assert float(agents.categorical_kl(dist(logits2), dist(logits1))) > 0
+    assert float(latent_model.categorical_kl(dist(logits2), dist(logits1))) > 0
     # KL to the uniform base is log W minus the entropy
-    base = agents.base_distribution(agents.LatentConfig("categorical", 3, 4, "softplus", 0.0))
+    base = latent_model.base_distribution(
+        latent_model.LatentConfig("categorical", 3, 4, "softplus", 0.0)
+    )
     entropy = -np.sum(p1 * np.log(p1))
     np.testing.assert_allclose(
-        float(agents.categorical_kl(dist(logits1), base)), 3 * math.log(4) - entropy, rtol=1e-5
+        float(latent_model.categorical_kl(dist(logits1), base)),
+        3 * math.log(4) - entropy,
+        rtol=1e-5,
     )
 
 
@@ -117,7 +126,7 @@ def test_kl_balance_stop_gradients_on_distributions():
     def term(index, wrt):
         def f(d):
             q, p = (d, prior) if wrt == "posterior" else (posterior, d)
-            return agents.kl_balance(q, p, "gaussian")[index]
+            return latent_model.kl_balance(q, p, "gaussian")[index]
 
         grads = jax.grad(f)(posterior if wrt == "posterior" else prior)
         return max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(grads))
@@ -132,9 +141,9 @@ def test_kl_balance_stop_gradients_on_distributions():
 
 
 def test_straight_through_sample_is_one_hot_with_softmax_gradient():
-    latent = agents.LatentConfig("categorical", 3, 4, "softplus", 0.0)
+    latent = latent_model.LatentConfig("categorical", 3, 4, "softplus", 0.0)
     net = hk.without_apply_rng(
-        hk.transform(lambda x, key: agents.latent_head(x, latent, key, min_std=0.0))
+        hk.transform(lambda x, key: latent_model.latent_head(x, latent, key, min_std=0.0))
     )
     x, key = jnp.arange(5.0) / 5.0, jax.random.PRNGKey(0)
     params = net.init(jax.random.PRNGKey(1), x, key)
@@ -155,9 +164,9 @@ def test_straight_through_sample_is_one_hot_with_softmax_gradient():
 
 
 def test_one_hot_sample_is_the_straight_through_sample_as_positions():
-    latent = agents.LatentConfig("categorical", 3, 4, "softplus", 0.0)
+    latent = latent_model.LatentConfig("categorical", 3, 4, "softplus", 0.0)
     net = hk.without_apply_rng(
-        hk.transform(lambda x, key, one_hot: agents.latent_head(x, latent, key, 0.0, one_hot))
+        hk.transform(lambda x, key, one_hot: latent_model.latent_head(x, latent, key, 0.0, one_hot))
     )
     x = jnp.arange(5.0) / 5.0
     params = net.init(jax.random.PRNGKey(1), x, jax.random.PRNGKey(0), False)
@@ -176,7 +185,7 @@ def test_one_hot_input_gives_the_dense_values_and_weight_gradients():
     """A network reading a `OneHot` (after the action is appended, as the model heads do)
     computes what it computes on the dense 0/1 vector, and so do the weight gradients."""
     mlp = agents.MLPConfig(2, 16, "elu")
-    net = agents.reward_network(NUM_ACTIONS, mlp)
+    net = model_parts.reward_network(NUM_ACTIONS, mlp)
     size, k, batch = 12, 3, 7
     index = jax.random.randint(jax.random.PRNGKey(0), (batch, k), 0, 4) + jnp.arange(k) * 4
     x = agents.OneHot(index, size)
@@ -402,7 +411,7 @@ def test_model_loss_falls_on_a_fixed_batch():
     nets, params = init_model(cfg, seed=5)
     hp = config.traced_hyperparameters(cfg)
     rng = np.random.default_rng(2)
-    batch = agents.Transition(
+    batch = replay_buffer.Transition(
         obs=jnp.asarray(rng.random((8, OBS_SIZE)) < 0.5),
         action=jnp.asarray(rng.integers(0, NUM_ACTIONS, 8), jnp.int32),
         reward=jnp.asarray(rng.normal(size=8), jnp.float32),
@@ -438,7 +447,7 @@ def test_model_loss_falls_on_a_fixed_batch():
 def make_learner(cfg, seed=0):
     nets, model_params = init_model(cfg, seed)
     q_params = nets.q.init(
-        jax.random.PRNGKey(seed + 1), jnp.zeros(agents.LatentConfig.from_config(cfg).size)
+        jax.random.PRNGKey(seed + 1), jnp.zeros(latent_model.LatentConfig.from_config(cfg).size)
     )
     opt = agents.init_optimizer
     return nets, agents.Learner(q_params, q_params, opt(q_params), model_params, opt(model_params))
@@ -620,7 +629,7 @@ def test_learns_open_grid_better_than_random(tmp_path):
 def test_sample_categorical_matches_the_probabilities():
     probs = jnp.array([[0.5, 0.0, 0.3, 0.2], [0.05, 0.05, 0.0, 0.9]])
     n = 40_000
-    draws = jax.jit(jax.vmap(lambda k: agents.sample_categorical(k, probs)))(
+    draws = jax.jit(jax.vmap(lambda k: latent_model.sample_categorical(k, probs)))(
         jax.random.split(jax.random.PRNGKey(0), n)
     )
     draws = np.asarray(draws)

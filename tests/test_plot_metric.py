@@ -3,7 +3,6 @@
 import pickle
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import matplotlib
@@ -17,39 +16,10 @@ import pytest  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from conftest import headless_env, run_tool  # noqa: E402
+from conftest import fake_values, headless_env, run_tool  # noqa: E402
+from conftest import write_fake_out as write_out  # noqa: E402
 
 import plot_metric  # noqa: E402
-
-
-def write_out(
-    path, values, times=None, metric="reward_rates", agent_type="ER", extra=None, diverged=None
-):
-    """Write a fake `.out` file as the training scripts do: lists of numpy arrays.
-
-    ``extra`` maps more metric names to ``(E, S)`` arrays; ``diverged`` is an ``(E, S)`` bool
-    array stored as the ``'diverged'`` record (absent by default, as in older runs).
-    """
-    values = np.asarray(values, dtype=np.float32)
-    if times is None:
-        times = [500 * i for i in range(values.shape[0])]
-    config = types.SimpleNamespace(
-        agent_type=agent_type, seed=0, num_seeds=values.shape[1], environment="ProcMaze"
-    )
-    metrics = {metric: [row for row in values], "eval_times": [int(t) for t in times]}
-    for name, array in (extra or {}).items():
-        metrics[name] = [row for row in np.asarray(array, dtype=np.float32)]
-    if diverged is not None:
-        metrics["diverged"] = [row for row in np.asarray(diverged, dtype=bool)]
-    with open(path, "wb") as f:
-        pickle.dump({"config": config, "metrics": metrics}, f)
-    return str(path)
-
-
-def fake_values(num_evals, num_seeds, seed):
-    rng = np.random.default_rng(seed)
-    trend = -100 + 90 * (1 - np.exp(-np.arange(num_evals) / 5.0))
-    return trend[:, None] + rng.normal(0, 5, size=(num_evals, num_seeds))
 
 
 def run_script(*args, cwd):
@@ -102,64 +72,7 @@ def test_curve_subsamples_then_smooths_times_and_values_alike():
     assert np.all(low <= mean) and np.all(mean <= high)
 
 
-# --- bootstrap confidence interval ----------------------------------------------------------
-
-
-def test_bootstrap_ci_contains_the_mean():
-    values = fake_values(20, 8, seed=1)
-    mean, low, high = plot_metric.bootstrap_ci(values)
-    np.testing.assert_allclose(mean, values.mean(axis=1))
-    assert np.all(low < mean) and np.all(mean < high)
-
-
-def test_bootstrap_ci_shrinks_as_seeds_grow():
-    rng = np.random.default_rng(2)
-    widths = []
-    for num_seeds in (4, 30, 300):
-        values = rng.normal(0, 1, size=(50, num_seeds))
-        _, low, high = plot_metric.bootstrap_ci(values)
-        widths.append(np.mean(high - low))
-    assert widths[0] > widths[1] > widths[2] > 0
-    # ~ 2 * 1.96 / sqrt(S) for unit-variance seeds
-    assert widths[2] == pytest.approx(2 * 1.96 / np.sqrt(300), rel=0.2)
-
-
-def test_bootstrap_ci_is_degenerate_for_identical_seeds():
-    column = np.array([-100.0, -37.3, -0.1, 12.7])
-    values = np.repeat(column[:, None], 7, axis=1)
-    mean, low, high = plot_metric.bootstrap_ci(values)
-    np.testing.assert_array_equal(mean, column)
-    np.testing.assert_array_equal(low, mean)  # exactly zero width
-    np.testing.assert_array_equal(high, mean)
-    _, low1, high1 = plot_metric.bootstrap_ci(np.array([[3.0], [4.0]]))  # a single seed
-    np.testing.assert_array_equal(high1 - low1, [0.0, 0.0])
-
-
-def test_bootstrap_ci_is_deterministic_and_matches_a_direct_resampling():
-    values = fake_values(6, 5, seed=3)
-    a = plot_metric.bootstrap_ci(values)
-    b = plot_metric.bootstrap_ci(values)
-    for x, y in zip(a, b, strict=True):
-        np.testing.assert_array_equal(x, y)
-    # the same resamples drawn directly: index the seeds and average
-    rng = np.random.default_rng(plot_metric.BOOTSTRAP_SEED)
-    idx = rng.integers(0, 5, size=(plot_metric.NUM_BOOTSTRAP, 5))
-    boot = values[:, idx].mean(axis=-1)  # (T, resamples)
-    low, high = np.percentile(boot, [2.5, 97.5], axis=1)
-    np.testing.assert_allclose(a[1], low, atol=1e-9)
-    np.testing.assert_allclose(a[2], high, atol=1e-9)
-
-
 # --- loading and plotting -------------------------------------------------------------------
-
-
-def test_load_metric_returns_evaluations_by_seeds(tmp_path):
-    values = fake_values(7, 3, seed=4)
-    path = write_out(tmp_path / "run.out", values)
-    times, loaded = plot_metric.load_metric(path, "reward_rates")
-    assert loaded.shape == (7, 3)
-    np.testing.assert_allclose(loaded, values.astype(np.float32))
-    np.testing.assert_array_equal(times, 500 * np.arange(7))
 
 
 def test_plot_lines_are_the_mean_of_the_smoothed_values(tmp_path):
@@ -424,13 +337,3 @@ def test_main_error_in_process_exits_2(tmp_path, capsys):
         plot_metric.main(["--data", str(tmp_path / "missing.out")])
     assert excinfo.value.code == 2
     assert "file not found" in capsys.readouterr().err
-
-
-def test_chunks_without_updates_are_not_reported_as_gaps():
-    """The diagnostics record NaN for every seed of a chunk before training starts: expected,
-    so not counted; a NaN in one seed of a trained chunk is."""
-    values = np.array([[np.nan, np.nan], [0.5, 0.4], [0.3, 0.2]])
-    assert plot_metric.non_finite_note("a.out", "q_loss", values) is None
-    values[2, 1] = np.nan
-    note = plot_metric.non_finite_note("a.out", "q_loss", values)
-    assert note.startswith("a.out: 1 of 6 'q_loss' values are NaN")

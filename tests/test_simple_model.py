@@ -17,9 +17,11 @@ from conftest import (
 )
 
 import agents
-import config
 import environments
+import model_parts
+import replay_buffer
 import train_simple_model_DQN as sm
+from training import config
 
 REWARD_MEAN, CONTINUE_LOGIT = 0.5, 0.3
 
@@ -59,7 +61,7 @@ def log1p_exp(x):
 # The model loss
 # --------------------------------------------------------------------------------------------
 
-BATCH = agents.Transition(
+BATCH = replay_buffer.Transition(
     obs=jnp.array([[1, 0, 0], [0, 1, 1], [1, 1, 0]], jnp.bool_),
     action=jnp.array([0, 1, 1], jnp.int32),
     reward=jnp.array([1.0, 0.0, -1.0]),
@@ -114,7 +116,7 @@ def test_model_loss_matches_a_hand_computed_batch(binary_obs):
 def test_bernoulli_terms_stay_finite_for_confident_logits():
     logit = jnp.array([-100.0, -100.0, 100.0, 100.0])
     bits = jnp.array([0.0, 1.0, 0.0, 1.0])
-    np.testing.assert_allclose(agents.bernoulli_nll(bits, logit), [0.0, 100.0, 100.0, 0.0])
+    np.testing.assert_allclose(model_parts.bernoulli_nll(bits, logit), [0.0, 100.0, 100.0, 0.0])
 
 
 def test_observation_term_is_masked_on_terminal_transitions():
@@ -211,7 +213,7 @@ def test_gaussian_next_observation_has_unit_variance_around_the_mean():
 # --------------------------------------------------------------------------------------------
 
 
-def panflute_transitions(env, key, n: int) -> agents.Transition:
+def panflute_transitions(env, key, n: int) -> replay_buffer.Transition:
     """`n` consecutive real transitions of a random policy."""
     reset_key, key = jax.random.split(key)
     state, obs = env.reset(reset_key)
@@ -221,7 +223,7 @@ def panflute_transitions(env, key, n: int) -> agents.Transition:
         action_key, env_key = jax.random.split(key)
         action = jax.random.randint(action_key, (), 0, env.num_actions())
         state, next_obs, reward, terminal, _ = env.step(env_key, state, action)
-        return (state, next_obs), agents.Transition(obs, action, reward, next_obs, terminal)
+        return (state, next_obs), replay_buffer.Transition(obs, action, reward, next_obs, terminal)
 
     return jax.lax.scan(step, (state, obs), jax.random.split(key, n))[1]
 

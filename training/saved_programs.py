@@ -16,64 +16,42 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.sharding import NamedSharding
 
 import agents
 import environments
-import loop
-from config import SCHEMA
-from outputs import write_atomic
-
-_SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-# Keys read only by the Python loop of `train`, never inside a compiled function.
-HOST_ONLY_KEYS = frozenset(
-    {
-        "seed",
-        "num_steps",
-        "training_start_time",
-        "save_params",
-        "save_frequency",
-        "checkpoint_frequency",
-    }
-)
+import replay_buffer
+from training import loop, provenance
+from training.files import write_atomic
+from training.schema import HOST_ONLY_KEYS, TRACED_KEYS
 
 
 def program_key(cfg: dict, sharding: NamedSharding, num_points: int = 1) -> str:
-    """What the compiled functions depend on: the config less `HOST_ONLY_KEYS` and the traced
-    hyperparameters (arguments of the programs: runs that differ only in their values share
-    one), the number of grid points, this project's source files, the JAX version, XLA's flags
-    and the devices with their mesh."""
+    """What the compiled functions depend on: the config less the host-only and traced keys
+    (traced values are arguments of the programs: runs that differ only in them share one), the
+    number of grid points, the project's version (its source files), the versions of jax,
+    jaxlib, haiku and optax, XLA's flags and the devices with their mesh."""
     digest = hashlib.sha256()
-    run_cfg = {
-        k: v
-        for k, v in cfg.items()
-        if k not in HOST_ONLY_KEYS and not (k in SCHEMA and SCHEMA[k].traced)
-    }
+    run_cfg = {k: v for k, v in cfg.items() if k not in HOST_ONLY_KEYS | TRACED_KEYS}
     digest.update(json.dumps(run_cfg, sort_keys=True, default=str).encode())
-    for name in sorted(os.listdir(_SOURCE_DIR)):
-        if name.endswith(".py"):
-            with open(os.path.join(_SOURCE_DIR, name), "rb") as f:
-                digest.update(name.encode() + f.read())
     devices = [f"{d.platform}:{d.device_kind}" for d in sharding.mesh.devices.flat]
     mesh = dict(sharding.mesh.shape)
     flags = os.environ.get("XLA_FLAGS", "")
-    digest.update(f"{jax.__version__} {devices} {mesh} {num_points} {flags}".encode())
+    versions = {"project": provenance.project_version(), **provenance.library_versions()}
+    digest.update(f"{versions} {devices} {mesh} {num_points} {flags}".encode())
     return digest.hexdigest()[:24]
 
 
 def _register_saved_pytrees() -> None:
     """Name the pytree types that cross the compiled functions' boundary, so that `jax.export`
     can save their structure."""
-    import optax
-
     types = [
         loop.TrainState,
         loop.ChunkReport,
         agents.Learner,
-        agents.BufferState,
-        agents.Transition,
+        replay_buffer.BufferState,
+        replay_buffer.Transition,
         optax.ScaleByAdamState,
         optax.EmptyState,
         *environments.STATE_TYPES,

@@ -1,9 +1,10 @@
-"""Config keys, their defaults and checks (SPEC sections 2 and 12): one table, `SCHEMA`.
+"""A config validated against `schema.SCHEMA` (SPEC sections 2 and 12), and grids of it.
 
 A config file is validated once, before anything is compiled: a bad key or value raises
 `ConfigError`, whose message is one line naming the key and what was expected. The result is a
-plain dict, never mutated afterwards. Keys marked `traced` enter the compiled loop as values
-(`traced_hyperparameters`), so changing them never recompiles.
+plain dict, never mutated afterwards. Traced keys enter the compiled loop as values
+(`traced_hyperparameters`), so changing them never recompiles; a traced key given as a list is
+an axis of a grid of runs trained as one program (`grid_points`).
 """
 
 from __future__ import annotations
@@ -12,153 +13,13 @@ import difflib
 import itertools
 import json
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
-import agents
 import environments
-
-REQUIRED = object()  # default of a key that the config file must give
-# Counts, sizes and times are int32 inside the compiled loop (buffer positions, the step counter),
-# and float hyperparameters float32: a value beyond these cannot be held.
-INT32_MAX = 2**31 - 1
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-ALL = frozenset({"ER", "perfect_model", "simple_model", "latent_model"})
-MODEL = frozenset({"simple_model", "latent_model"})
-ROLLOUT = frozenset({"perfect_model", "simple_model", "latent_model"})
-ONE_OPTIMISER = frozenset({"ER", "perfect_model"})
-LATENT = frozenset({"latent_model"})
-
-
-class Key(NamedTuple):
-    """One config key: its type, default, allowed values, which agents read it, and whether it
-    enters the compiled loop as a traced value (it then never triggers a recompilation)."""
-
-    type: type
-    default: Any
-    doc: str
-    agents: frozenset = ALL
-    low: float | None = None  # inclusive lower bound
-    high: float | None = None  # inclusive upper bound
-    low_open: bool = False  # lower bound is exclusive
-    high_open: bool = False  # upper bound is exclusive
-    choices: tuple = ()
-    traced: bool = False
-
-
-def _positive(doc, agents=ALL, **kw):
-    return Key(int, REQUIRED, doc, agents, low=1, **kw)
-
-
-def _step_size(doc, agents):
-    return Key(float, REQUIRED, doc, agents, low=0.0, low_open=True, traced=True)
-
-
-def _weight(doc, agents=MODEL, default=REQUIRED):
-    return Key(float, default, doc, agents, low=0.0, traced=True)
-
-
-SCHEMA: dict[str, Key] = {
-    # networks and optimiser
-    "num_hidden_layers": _positive("hidden layers of every MLP"),
-    "num_hidden_units": _positive("units per hidden layer"),
-    "activation": Key(str, REQUIRED, "hidden activation", choices=("relu", "silu", "elu")),
-    "alpha_adam": _step_size("Adam step size (ER, perfect model)", ONE_OPTIMISER),
-    "Q_alpha": _step_size("Adam step size of the Q network", MODEL),
-    "model_alpha": _step_size("Adam step size of the model networks", MODEL),
-    "b1_adam": Key(float, REQUIRED, "Adam beta1", low=0.0, high=1.0, high_open=True, traced=True),
-    "b2_adam": Key(float, REQUIRED, "Adam beta2", low=0.0, high=1.0, high_open=True, traced=True),
-    "eps_adam": Key(float, REQUIRED, "Adam epsilon", low=0.0, traced=True),
-    "wd_adam": Key(
-        float, REQUIRED, "weight decay, not scaled by the step size", low=0.0, traced=True
-    ),
-    # acting
-    "exploration_strat": Key(
-        str, REQUIRED, "exploration policy", choices=agents.EXPLORATION_STRATEGIES
-    ),
-    "softmax_temp": Key(
-        float,
-        None,
-        "softmax temperature (required with softmax)",
-        low=0.0,
-        low_open=True,
-        traced=True,
-    ),
-    "epsilon": Key(
-        float,
-        None,
-        "exploration rate (required with epsilon_greedy)",
-        low=0.0,
-        high=1.0,
-        traced=True,
-    ),
-    # Q-learning
-    "gamma": Key(float, REQUIRED, "discount", low=0.0, high=1.0, traced=True),
-    "double_DQN": Key(bool, False, "double-DQN target"),
-    "use_target": Key(bool, REQUIRED, "use a target network"),
-    "target_update_frequency": _positive("environment steps between target refreshes"),
-    "batch_size": _positive("transitions (ER) or rollout starts (others) per update"),
-    "updates_per_step": Key(int, 1, "updates per environment step", low=1),
-    "buffer_size": _positive("replay buffer capacity per seed"),
-    "rollout_length": _positive("steps of each rollout", ROLLOUT),
-    # the run
-    "num_seeds": _positive("seeds trained at once (vmapped)"),
-    "num_steps": _positive("environment steps per seed (a multiple of eval_frequency)"),
-    "training_start_time": Key(int, REQUIRED, "steps before updates start", low=0),
-    "eval_frequency": _positive("steps per chunk; evaluation after each chunk"),
-    "eval_steps": _positive("steps of each greedy evaluation episode"),
-    "eval_batch_size": _positive("evaluation environments per seed"),
-    "save_params": Key(bool, True, "write <output>.params"),
-    "save_frequency": _positive("steps between parameter saves"),
-    "checkpoint_frequency": Key(
-        int, None, "steps between checkpoints (default: a tenth of num_steps)", low=1
-    ),
-    # environment
-    "environment": Key(str, REQUIRED, "environment name", choices=tuple(environments.ENVIRONMENTS)),
-    "env_config": Key(dict, {}, "environment constructor arguments"),
-    "episodic_env": Key(bool, False, "episodic (ProcMaze) or continuing (ButtonGrid, PanFlute)"),
-    # learned models
-    "reward_weight": _weight("weight of the reward loss"),
-    "termination_weight": _weight("weight of the termination loss"),
-    "obs_prediction_weight": _weight("weight of the observation loss"),
-    "binary_obs": Key(bool, REQUIRED, "Bernoulli (true) or Gaussian (false) observations", MODEL),
-    "KL_prior_weight": _weight("weight of KL(sg(posterior) || prior)", LATENT),
-    "KL_posterior_weight": _weight("weight of KL(posterior || sg(prior))", LATENT),
-    "posterior_entropy_weight": _weight("weight of KL(posterior || base)", LATENT),
-    "latent_type": Key(
-        str,
-        REQUIRED,
-        "latent distribution",
-        LATENT,
-        choices=("gaussian", "tanh_gaussian", "categorical"),
-    ),
-    "num_features": _positive("latent features F", LATENT),
-    "feature_width": Key(
-        int, None, "categories per feature W (required when categorical)", LATENT, low=1
-    ),
-    "min_std": Key(float, 0.0, "added to the encoder's std", LATENT, low=0.0),
-    "std_act": Key(
-        str, "softplus", "std activation", LATENT, choices=("softplus", "sigmoid", "sigmoid2")
-    ),
-    "learn_obs_variance": Key(bool, False, "learn the decoder's std (binary_obs false)", LATENT),
-    "seperate_rollout_batch_size": Key(bool, False, "rollouts start from a second batch", LATENT),
-    "rollout_batch_size": Key(
-        int, None, "size of that batch (required when seperate)", LATENT, low=1
-    ),
-    # switches for the reference's quirks (SPEC §12); defaults reproduce the reference
-    "fresh_obs_on_reset": Key(bool, False, "Q1: act on the reset observation after a terminal"),
-    "sample_obs_from_sigmoid": Key(
-        bool, False, "Q2: sample next-obs bits with sigmoid(logit)", frozenset({"simple_model"})
-    ),
-    "reconstruct_terminal_obs": Key(
-        bool, False, "Q6: reconstruct obs on terminal transitions", LATENT
-    ),
-    "fixed_continuation_if_continuing": Key(
-        bool, False, "Q7: c = 1 in rollouts when episodic_env is false", MODEL
-    ),
-}
+from agents import HParams
+from training.schema import FLOAT32_MAX, INT32_MAX, REQUIRED, SCHEMA, Key
 
 
 class ConfigError(ValueError):
@@ -283,6 +144,8 @@ def validate_config(raw: Any, agent_type: str) -> dict:
         else:
             cfg[name] = _check_value(name, name, value, key)
     _check_combinations(cfg)
+    known = SCHEMA["environment"]._replace(choices=tuple(environments.ENVIRONMENTS))
+    _check_range("environment", "environment", cfg["environment"], known)
     try:
         environments.make_environment(cfg["environment"], cfg["env_config"])
     except ValueError as error:
@@ -301,7 +164,7 @@ def load_config(path: str, agent_type: str) -> dict:
     return validate_config(raw, agent_type)
 
 
-def traced_hyperparameters(cfg: dict) -> agents.HParams:
+def traced_hyperparameters(cfg: dict) -> HParams:
     """The keys that enter the compiled loop as values, as float32 scalars (`cfg` is one point
     of a grid, or a config without lists)."""
     return {
@@ -331,7 +194,7 @@ def grid_points(cfg: dict) -> list[dict]:
     ]
 
 
-def grid_hyperparameters(points: list[dict]) -> agents.HParams:
+def grid_hyperparameters(points: list[dict]) -> HParams:
     """`traced_hyperparameters` of every point, stacked: each leaf [G] float32."""
     per_point = [traced_hyperparameters(point) for point in points]
     return {name: jnp.stack([hp[name] for hp in per_point]) for name in per_point[0]}

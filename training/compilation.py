@@ -14,9 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import config
-import loop
-from saved_programs import SavedProgramJit, program_key
+from training import config, loop
+from training.saved_programs import SavedProgramJit, program_key
 
 
 def _default_xla_flag(flag: str, value) -> None:

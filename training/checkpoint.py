@@ -19,12 +19,10 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from outputs import write_atomic
+from training.files import write_atomic
+from training.schema import MAY_CHANGE_ON_RESUME, same_value
 
 FORMAT = 1
-# Keys a resumed run may change: the run's length (to extend a finished run) and how often it
-# checkpoints. Anything else would make the resumed run a different experiment.
-MAY_CHANGE = frozenset({"num_steps", "checkpoint_frequency"})
 
 
 class CheckpointError(ValueError):
@@ -47,12 +45,6 @@ class Progress(NamedTuple):
 class Restored(NamedTuple):
     leaves: list[np.ndarray]  # the training state's leaves, in `jax.tree.leaves` order
     progress: Progress
-
-
-def checkpoint_every(cfg: dict) -> int:
-    """Environment steps between checkpoints: `checkpoint_frequency`, by default a tenth of
-    the run. They are written at chunk boundaries, so at most one per chunk."""
-    return cfg["checkpoint_frequency"] or max(1, cfg["num_steps"] // 10)
 
 
 def _json(cfg: dict) -> dict:
@@ -103,12 +95,14 @@ def load(path: str, cfg: dict, state_shapes: Any) -> Restored:
 
 
 def _check_config(path: str, saved: dict, current: dict, chunks_done: int) -> None:
+    # Only the run's length (to extend a finished run) and how often it checkpoints may change:
+    # anything else would make the resumed run a different experiment.
     for key in sorted(set(saved) | set(current)):
-        if key not in MAY_CHANGE and saved.get(key) != current.get(key):
+        if key not in MAY_CHANGE_ON_RESUME and not same_value(saved.get(key), current.get(key)):
             raise CheckpointError(
                 f"{key}: the checkpoint {path} was written with {key}="
                 f"{json.dumps(saved.get(key))}, the config has {json.dumps(current.get(key))} "
-                f"(only {' and '.join(sorted(MAY_CHANGE))} may change when resuming)"
+                f"(only {' and '.join(sorted(MAY_CHANGE_ON_RESUME))} may change when resuming)"
             )
     done = chunks_done * current["eval_frequency"]
     if done > current["num_steps"]:
@@ -143,3 +137,9 @@ def remove_partial_files(prefixes: list[str]) -> None:
         for suffix in ("out", "params", "ckpt"):
             for tmp in glob.glob(f"{glob.escape(prefix)}.{suffix}.*.tmp"):
                 os.unlink(tmp)
+
+
+def remove(path: str) -> None:
+    """Delete a run's checkpoint (a finished tune grid's: select needs only its `.out` files)."""
+    if os.path.exists(path):
+        os.remove(path)

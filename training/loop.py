@@ -13,25 +13,28 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import haiku as hk
 import jax
 import jax.numpy as jnp
 
 import agents
 import environments
+from model_parts import model_diagnostic_names
+from replay_buffer import BufferState, ReplayBuffer, Transition
 
 
 class Agent(NamedTuple):
     """An agent's own ideas as pure functions of one seed (the runner adds the seed axis)."""
 
     # key -> (Learner, BufferState): initial parameters, optimiser states and an empty buffer
-    init: Callable[[jax.Array], tuple[agents.Learner, agents.BufferState]]
+    init: Callable[[jax.Array], tuple[agents.Learner, BufferState]]
     # (learner, obs [d], key) -> action values [A]; the latent agent encodes obs with a sample
     q_values: Callable[[agents.Learner, jax.Array, jax.Array], jax.Array]
     # (buffer, env state before the step, transition) -> buffer
-    store: Callable[[agents.BufferState, Any, agents.Transition], agents.BufferState]
+    store: Callable[[BufferState, Any, Transition], BufferState]
     # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
     # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
-    update: Callable[[agents.Learner, agents.BufferState, jax.Array, agents.HParams], Any]
+    update: Callable[[agents.Learner, BufferState, jax.Array, agents.HParams], Any]
     # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps
     saved_params: Callable[[agents.Learner], dict]
     # names of the diagnostics `update` reports besides the learner (`agents.Q_DIAGNOSTICS`
@@ -39,17 +42,40 @@ class Agent(NamedTuple):
     diagnostics: tuple[str, ...] = ()
 
 
-def store_transition(replay: agents.ReplayBuffer):
+def store_transition(replay: ReplayBuffer):
     """`Agent.store` of the agents that replay real transitions (ER, simple, latent)."""
     return lambda buffer, env_state, transition: replay.add(buffer, transition)
 
 
-def saved_q_params(learner: agents.Learner) -> dict:
-    return {"Q": learner.q_params}
+def acting_on_observations(q_net: hk.Transformed):
+    """`Agent.q_values` of the agents whose Q reads the observation itself (all but latent)."""
+    return lambda learner, obs, key: q_net.apply(learner.q_params, obs)
 
 
-def saved_q_and_model_params(learner: agents.Learner) -> dict:
-    return {"Q": learner.q_params, "model": learner.model_params}
+def model_free_agent(q_net: hk.Transformed, init, store, update) -> Agent:
+    """ER and the perfect model: Q acts on observations, `.params` keeps Q, and the update
+    reports the Q step's diagnostics."""
+    return Agent(
+        init=init,
+        q_values=acting_on_observations(q_net),
+        store=store,
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params},
+        diagnostics=agents.Q_DIAGNOSTICS,
+    )
+
+
+def learned_model_agent(q_values, init, replay: ReplayBuffer, update, model_terms) -> Agent:
+    """The simple and latent models: they store real transitions, `.params` keeps Q and the
+    model, and the update reports the model's loss and each of its `model_terms` too."""
+    return Agent(
+        init=init,
+        q_values=q_values,
+        store=store_transition(replay),
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params, "model": learner.model_params},
+        diagnostics=agents.Q_DIAGNOSTICS + model_diagnostic_names(model_terms),
+    )
 
 
 class TrainState(NamedTuple):
@@ -58,7 +84,7 @@ class TrainState(NamedTuple):
     env_state: Any
     obs: jax.Array  # [d] bool: the observation the agent acts on next
     learner: agents.Learner
-    buffer: agents.BufferState
+    buffer: BufferState
     key: jax.Array
 
 
@@ -125,7 +151,7 @@ def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
     q = agent.q_values(state.learner, state.obs, value_key)
     action = agents.select_action(q, action_key, cfg["exploration_strat"], hp)
     env_state, next_obs, reward, terminal, _ = env.step(env_key, state.env_state, action)
-    transition = agents.Transition(state.obs, action, reward, next_obs, terminal)
+    transition = Transition(state.obs, action, reward, next_obs, terminal)
     buffer = agent.store(state.buffer, state.env_state, transition)
     learner, diagnostics = jax.lax.cond(
         train,

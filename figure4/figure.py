@@ -1,0 +1,87 @@
+"""The Figure 4 layout: one row per data regime, one column per environment, one line per agent
+(its final runs' mean over seeds with a 95% bootstrap band, diverged seeds left out), drawn with
+`plot_metric.py`'s own curves."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import matplotlib.pyplot as plt
+from matplotlib.lines import Line2D
+
+import plot_metric
+from agent_registry import AGENTS
+from figure4.plan import ENVIRONMENTS, METRIC, Cell
+from training.results import ResultsError
+
+
+def y_label(env: str) -> str:
+    return "return" if ENVIRONMENTS[env].episodic else "return (average reward per step)"
+
+
+def auto_window(window: int | None):
+    """The smoothing width as a function of a run's evaluations: `window`, by default 1/50 of
+    them (2000 evaluations are noisy point by point)."""
+    return lambda evaluations: max(1, min(evaluations, window or evaluations // 50))
+
+
+def panel_curves(folder: str, agents: list[str], env: str, regime: str, window):
+    """agent -> its curve (`plot_metric.file_curve`), for each agent with a readable output."""
+    curves = {}
+    for agent in agents:
+        path = os.path.join(folder, f"{Cell(agent, env, regime).name}.out")
+        if not os.path.exists(path):
+            continue
+        try:
+            summary, notes = plot_metric.file_curve(path, METRIC, auto_window(window))
+        except ResultsError as error:
+            print(f"plot: {error}; drawn as absent", file=sys.stderr)
+            continue
+        for note in notes:
+            print(f"plot: {note}", file=sys.stderr)
+        if summary is not None:
+            curves[agent] = summary
+    return curves
+
+
+def draw_figure(folder: str, agents, envs, regimes, window=None):
+    """One row per regime, one column per environment, one line per agent whose final output
+    exists; a panel without any says so. Returns the matplotlib figure."""
+    colours = {agent: f"C{i}" for i, agent in enumerate(AGENTS)}  # the same in every panel
+    fig, axes = plt.subplots(
+        len(regimes), len(envs), figsize=(4.6 * len(envs), 3.6 * len(regimes)), squeeze=False
+    )
+    drawn = set()
+    for row, regime in enumerate(regimes):
+        for col, env in enumerate(envs):
+            ax = axes[row][col]
+            curves = panel_curves(folder, agents, env, regime, window)
+            for agent, summary in curves.items():
+                plot_metric.draw_curve(ax, summary, agent, colours[agent]).set_linewidth(1.2)
+            if not curves:
+                ax.text(
+                    0.5, 0.5, "no runs yet", ha="center", va="center", color="grey",
+                    transform=ax.transAxes,
+                )  # fmt: skip
+            drawn |= set(curves)
+            ax.set_title(f"{env}, {regime} data")
+            ax.set_xlabel("environment steps")
+            ax.set_ylabel(y_label(env))
+            ax.grid(True, alpha=0.3)
+    shown = [agent for agent in AGENTS if agent in drawn]
+    handles = [Line2D([], [], color=colours[agent], linewidth=2) for agent in shown]
+    if handles:
+        fig.legend(handles, [AGENTS[a].label for a in shown], loc="lower center", ncol=len(shown))
+    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+    return fig
+
+
+def save_figure(path: str, folder: str, agents, envs, regimes, window=None) -> int:
+    """Draw the figure from the final runs in `folder` and save it; returns the curves drawn."""
+    fig = draw_figure(folder, agents, envs, regimes, window)
+    lines = sum(len(ax.get_lines()) for ax in fig.axes)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return lines

@@ -1,0 +1,100 @@
+"""What the observation-space model and the latent model share: the reward and continuation
+heads, the negative log-likelihoods their losses are made of, and the names their loss terms
+have in `.out` (SPEC sections 4 and 8).
+
+The heads read an input (an observation or a latent) with the action one-hot after it.
+"""
+
+from __future__ import annotations
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from agents import MLPConfig, mlp_torso, transform, with_action
+
+
+class _ActionConditionedHead(hk.Module):
+    """A head that reads (input, action): the MLP torso, then one number per sample
+    (`_scalar_output`)."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str):
+        super().__init__(name=name)
+        self.num_actions, self.mlp = num_actions, mlp
+
+
+def _scalar_output(head: _ActionConditionedHead, x, action: jax.Array) -> jax.Array:
+    # A function, not a method: haiku names the layers a method other than `__call__` creates
+    # `<module>/~<method>/linear`, and the parameter names must stay the reference's.
+    h = mlp_torso(with_action(x, action, head.num_actions), head.mlp)
+    return hk.Linear(1)(h)[..., 0]
+
+
+class RewardFunction(_ActionConditionedHead):
+    """Reward model: a unit-variance Gaussian whose mean is predicted from (input, action)."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str = "reward_function"):
+        super().__init__(num_actions, mlp, name)
+
+    def __call__(self, x: jax.Array, action: jax.Array) -> dict[str, jax.Array]:
+        mu = _scalar_output(self, x, action)
+        return {"mu": mu, "sigma": jnp.ones_like(mu)}
+
+
+class TerminationFunction(_ActionConditionedHead):
+    """Termination model: the logit of *continuing* (not terminating) after (input, action)."""
+
+    def __init__(self, num_actions: int, mlp: MLPConfig, name: str = "termination_function"):
+        super().__init__(num_actions, mlp, name)
+
+    def __call__(self, x: jax.Array, action: jax.Array) -> dict[str, jax.Array]:
+        return {"logit": _scalar_output(self, x, action)}
+
+
+def reward_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda x, a: RewardFunction(num_actions, mlp)(x, a))
+
+
+def termination_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
+    return transform(lambda x, a: TerminationFunction(num_actions, mlp)(x, a))
+
+
+def gaussian_nll(x: jax.Array, mu: jax.Array, sigma: jax.Array) -> jax.Array:
+    """Elementwise `-log N(x; mu, sigma^2)`, constant included."""
+    return 0.5 * jnp.log(2.0 * jnp.pi) + jnp.log(sigma) + 0.5 * ((x - mu) / sigma) ** 2
+
+
+def bernoulli_nll(x: jax.Array, logit: jax.Array) -> jax.Array:
+    """Elementwise `-log Bern(x; sigmoid(logit))`, written as `softplus(logit) - x * logit` so
+    that large logits neither overflow nor take the log of 0."""
+    return jax.nn.softplus(logit) - x * logit
+
+
+def reward_nll(reward_dist: dict[str, jax.Array], reward: jax.Array) -> jax.Array:
+    """Reward term of a model loss for one transition: Gaussian NLL of the observed reward."""
+    return gaussian_nll(reward, reward_dist["mu"], reward_dist["sigma"])
+
+
+def continuation_nll(termination_dist: dict[str, jax.Array], terminal: jax.Array) -> jax.Array:
+    """Termination term for one transition. The head's logit is that of *continuing*, so the
+    Bernoulli target is `not terminal`."""
+    return bernoulli_nll(1.0 - terminal.astype(jnp.float32), termination_dist["logit"])
+
+
+def observation_nll(obs_dist: dict[str, jax.Array], obs: jax.Array) -> jax.Array:
+    """Observation term for one observation, summed over its bits (Bernoulli, `{'logit'}`) or
+    dimensions (Gaussian, `{'mu', 'sigma'}`)."""
+    obs = obs.astype(jnp.float32)
+    if "logit" in obs_dist:
+        return jnp.sum(bernoulli_nll(obs, obs_dist["logit"]), axis=-1)
+    return jnp.sum(gaussian_nll(obs, obs_dist["mu"], obs_dist["sigma"]), axis=-1)
+
+
+def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A model step's weighted loss and its unweighted terms, named for `.out`:
+    `model_loss`, `model_<term>` (`model_diagnostic_names`)."""
+    return {"model_loss": loss, **{f"model_{name}": value for name, value in terms.items()}}
+
+
+def model_diagnostic_names(term_names) -> tuple[str, ...]:
+    return ("model_loss", *(f"model_{name}" for name in term_names))

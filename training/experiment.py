@@ -1,0 +1,325 @@
+"""A training run: `run`, the one way into one (SPEC sections 1, 9-11), and the command line of
+every `train_<agent>.py` (`main`), which calls it.
+
+config (a dict, or a JSON file) -> validated config (`config.py`) -> the loop of `loop.py`,
+jitted and sharded over the devices (`compilation.py`) -> greedy evaluation after each chunk ->
+`<output>.out` (and `<output>.params`) written atomically (`results.py`), and `<output>.ckpt` to
+resume from (`checkpoint.py`). The benchmark times the compiled pieces of the same `prepare`d
+run (`measure.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+import environments
+from agents import HParams
+from training import checkpoint, config, results
+from training.compilation import (
+    CompiledRun,
+    check_memory,
+    compile_run,
+    enable_compilation_cache,
+    state_shapes,
+)
+from training.files import check_writable
+from training.loop import Agent
+from training.schema import checkpoint_every
+
+BuildAgent = Callable[[dict, Any], Agent]  # (validated config, environment) -> the agent
+
+
+class RunError(Exception):
+    """A run that cannot start or go on: the message is the one line the command line prints,
+    and `status` its exit status."""
+
+    def __init__(self, line: str, status: int = 2):
+        super().__init__(line)
+        self.status = status
+
+
+class Setup(NamedTuple):
+    """A run before anything is compiled or written: its validated config (with `agent_type`
+    and `seed`), environment, agent, grid points and the shapes of its training state."""
+
+    cfg: dict
+    env: Any
+    agent: Agent
+    points: list[dict]  # one config of scalars per grid point ([cfg] without a grid)
+    axes: dict[str, list]  # the grid's axes ({} without a grid)
+    hp: HParams  # the traced hyperparameters of every point, leaves [G]
+    shapes: Any  # the training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front
+    memory: str  # the start-up log's line on the memory the state needs
+
+
+class Written(NamedTuple):
+    """What a run wrote."""
+
+    outs: list[str]  # one `.out` per grid point
+    records: list[dict]  # their records, as last written
+    params: list[str]  # the `.params` files ([] without save_params)
+    checkpoint: str
+    chunks_run: int  # chunks trained by this call (0: it found the run finished)
+
+
+def prepare(agent_type: str, build_agent: BuildAgent, cfg, seed: int = 0) -> Setup:
+    """Validate `cfg` (a dict, or the path of a JSON file), build the environment and the
+    agent, and check that the training state fits in memory: all before anything compiles.
+    Raises `RunError` with one line naming the key and what was expected."""
+    where = f"{cfg}: " if isinstance(cfg, str) else ""
+    try:
+        if isinstance(cfg, str):
+            cfg = config.load_config(cfg, agent_type)
+        else:
+            cfg = config.validate_config(cfg, agent_type)
+        cfg = {**cfg, "agent_type": agent_type, "seed": seed}
+        env = environments.make_environment(cfg["environment"], cfg["env_config"])
+        agent = build_agent(cfg, env)
+        points, axes = config.grid_points(cfg), config.grid_axes(cfg)
+        shapes = state_shapes(agent, env, len(points), cfg["num_seeds"])
+        memory = check_memory(shapes)
+    except config.ConfigError as error:
+        raise RunError(f"{where}config error: {error}") from None
+    hp = config.grid_hyperparameters(points)
+    return Setup(cfg, env, agent, points, axes, hp, shapes, memory)
+
+
+def compile_setup(setup: Setup, program_dir: str | None = None, agent=None) -> CompiledRun:
+    """The run's jitted functions (`compilation.compile_run`); `agent` replaces the setup's
+    (the benchmark times a variant of it)."""
+    agent = setup.agent if agent is None else agent
+    return compile_run(agent, setup.env, setup.cfg, len(setup.points), program_dir=program_dir)
+
+
+def run_keys(seed: int, num_seeds: int) -> tuple[jax.Array, jax.Array]:
+    """(initial-state keys [S], the evaluations' key) of a run of master seed `seed`."""
+    init_key, eval_key = jax.random.split(jax.random.PRNGKey(seed))
+    return jax.random.split(init_key, num_seeds), eval_key
+
+
+def run(
+    agent_type: str,
+    build_agent: BuildAgent,
+    cfg,
+    output: str,
+    *,
+    seed: int = 0,
+    resume: bool = False,
+    quiet: bool = False,
+) -> Written:
+    """Train `cfg` (a dict, or the path of a JSON file) for the agent into files named
+    `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
+    `resume`, go on from `<output>.ckpt` when there is one. Raises `RunError`, whose message is
+    the one line the command line prints, before anything compiles when it can."""
+    start = time.time()
+    setup = prepare(agent_type, build_agent, cfg, seed)
+    check_output(output)
+    written = train(setup, output, quiet, enable_compilation_cache(), resume)
+    if not quiet:
+        steps = setup.cfg["num_steps"] * setup.cfg["num_seeds"] * len(setup.points)
+        elapsed = time.time() - start
+        print(
+            f"done: {steps} env steps in {elapsed:.1f} s ({steps / elapsed:.0f} steps/s, "
+            f"all seeds and grid points, compilation included)",
+            file=sys.stderr,
+        )
+    return written
+
+
+def check_output(output: str) -> None:
+    """A run that cannot write its outputs must not find out after training: create the
+    prefix's folder and try a file there."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        check_writable(output)
+    except OSError as error:
+        raise RunError(f"--output: cannot write {output!r}: {error.strerror}") from None
+
+
+def output_prefixes(output: str, points: list[dict], axes) -> list[str]:
+    """One output prefix per grid point: `output` itself for a run without a grid, else
+    `<output>_alpha_adam=5e-05_softmax_temp=0.1` and so on (`config.point_name`)."""
+    if not axes:
+        return [output]
+    return [f"{output}_{config.point_name(point, axes)}" for point in points]
+
+
+def pair_label(points: list[dict], axes, g: int, s: int) -> str:
+    return f"seed {s}" + (f" of {config.point_name(points[g], axes)}" if axes else "")
+
+
+class OutputSchedule:
+    """When to rewrite the `.out` files: after every evaluation (Q8), unless writing them took
+    over 2% of the time since the last write (a long run of a large grid: every file grows with
+    every evaluation), then as often as that 2% allows; always after the last evaluation."""
+
+    def __init__(self):
+        self.last_end, self.last_cost = 0.0, 0.0
+
+    def due(self, last: bool) -> bool:
+        return last or time.monotonic() - self.last_end >= 50 * self.last_cost
+
+    def written(self, started: float) -> None:
+        self.last_end = time.monotonic()
+        self.last_cost = self.last_end - started
+
+
+def train(
+    setup: Setup,
+    output: str,
+    quiet: bool = False,
+    program_dir: str | None = None,
+    resume: bool = False,
+) -> Written:
+    """The host loop of the run of every grid point: a chunk of `eval_frequency` steps, an
+    evaluation, the metrics, and the files when they are due. `program_dir`: see
+    `compile_run`. With `resume`, the run goes on from `<output>.ckpt` when there is one (a
+    checkpoint that cannot be resumed is a `RunError`, before anything compiles)."""
+    cfg, agent, points, axes = setup.cfg, setup.agent, setup.points, setup.axes
+    prefixes = output_prefixes(output, points, axes)
+    num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
+    num_chunks = cfg["num_steps"] // chunk_steps
+    checkpoint_path = f"{output}.ckpt"
+    if not quiet:
+        print(setup.memory, file=sys.stderr)
+    restored = None
+    if resume and os.path.exists(checkpoint_path):
+        try:
+            restored = checkpoint.load(checkpoint_path, cfg, setup.shapes)
+        except checkpoint.CheckpointError as error:
+            raise RunError(f"--resume: {error}") from None
+        checkpoint.remove_partial_files([output, *prefixes])
+    elif resume and not quiet:
+        print(f"--resume: no checkpoint {checkpoint_path}; starting at step 0", file=sys.stderr)
+    run = compile_setup(setup, program_dir)
+    init_keys, eval_key = run_keys(cfg["seed"], num_seeds)
+    if restored is None:
+        state = run.init(init_keys)
+        metrics = ("reward_rates", *agent.diagnostics, "diverged")
+        progress = checkpoint.Progress.start(metrics)  # each: one [G, S] array per evaluation
+    else:
+        state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
+        progress = restored.progress
+
+    history, eval_times = progress.history, progress.eval_times
+    steps_since_save, steps_since_checkpoint = progress.steps_since_save, 0
+    params_paths = [f"{p}.params" for p in prefixes] if cfg["save_params"] else []
+    schedule = OutputSchedule()
+    first = progress.chunks_done  # 0, or where the checkpoint left off
+    chunks = range(first, num_chunks)
+    bar = tqdm(chunks, initial=first, total=num_chunks, disable=quiet, dynamic_ncols=True)
+    for i in bar:
+        t0 = i * chunk_steps
+        if params_paths and steps_since_save >= cfg["save_frequency"]:
+            save_params(params_paths, agent, state.learner)
+            steps_since_save = 0
+        train_now = t0 >= cfg["training_start_time"]
+        state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), setup.hp)
+        keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
+        scores = np.asarray(run.evaluate(state.learner, keys, setup.hp), dtype=np.float32)
+        record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
+        eval_times.append(t0)
+        steps_since_save += chunk_steps
+        steps_since_checkpoint += chunk_steps
+        last = i == num_chunks - 1
+        if schedule.due(last):
+            started = time.monotonic()
+            write_outs(prefixes, points, eval_times, history)
+            schedule.written(started)
+        if last or steps_since_checkpoint >= checkpoint_every(cfg):
+            progress = checkpoint.Progress(i + 1, steps_since_save, eval_times, history)
+            checkpoint.save(checkpoint_path, cfg, state, progress)
+            steps_since_checkpoint = 0
+        show_progress(bar, quiet, t0 + chunk_steps, scores, points, axes)
+    if params_paths:
+        save_params(params_paths, agent, state.learner)
+    records = [results.out_record(points[g], eval_times, history, g) for g in range(len(points))]
+    outs = [f"{p}.out" for p in prefixes]
+    return Written(outs, records, params_paths, checkpoint_path, num_chunks - first)
+
+
+def write_outs(prefixes: list[str], points: list[dict], eval_times, history) -> None:
+    for g, prefix in enumerate(prefixes):
+        record = results.out_record(points[g], eval_times, history, g)
+        results.write_out(f"{prefix}.out", record)
+
+
+def save_params(paths: list[str], agent: Agent, learner) -> None:
+    results.write_params(paths, jax.device_get(agent.saved_params(learner)))
+
+
+def record_evaluation(history: dict, scores, report, points, axes, i: int, t0: int) -> None:
+    """Append one evaluation's [G, S] metrics to `history`; say which pairs just diverged."""
+    diverged = history["diverged"][-1] if history["diverged"] else np.zeros(scores.shape, bool)
+    for g, s in zip(*np.nonzero(report.nonfinite & ~diverged), strict=True):
+        print(
+            f"warning: {pair_label(points, axes, g, s)} diverged: non-finite Q values or "
+            f"losses in the chunk before evaluation {i} (t={t0}); the other seeds go on",
+            file=sys.stderr,
+        )
+    history["reward_rates"].append(scores)
+    for name, value in report.diagnostics.items():
+        history[name].append(np.asarray(value, np.float32))
+    history["diverged"].append(diverged | report.nonfinite)
+
+
+def show_progress(bar, quiet: bool, t: int, scores: np.ndarray, points, axes) -> None:
+    """The bar shows the mean return over seeds (of the best grid point); the log, each seed's
+    return (of the best point)."""
+    means = np.nanmean(scores, axis=1) if np.isfinite(scores).any() else np.zeros(len(points))
+    best = int(np.argmax(means))
+    if axes:
+        bar.set_postfix(time=t, best=f"{config.point_name(points[best], axes)} {means[best]:.3f}")
+    else:
+        bar.set_postfix(time=t, mean_return=f"{means[best]:.3f}")
+    if not quiet:
+        where = f" (best point {config.point_name(points[best], axes)})" if axes else ""
+        bar.write(f"t={t} returns{where}: " + " ".join(f"{s:.3f}" for s in scores[best]))
+
+
+# --------------------------------------------------------------------------------------------
+# The command line of every train_<agent>.py
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=f"Train the {agent_type} agent.")
+    parser.add_argument("--seed", "-s", type=int, default=0, help="master PRNG seed")
+    parser.add_argument("--config", "-c", required=True, help="path to a JSON config")
+    parser.add_argument("--output", "-o", default=agent_type, help="output prefix")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or logs")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
+    """Entry point of every `train_*.py`: parse flags and `run`; a run that cannot start or go
+    on prints one line and exits (status 2 for a bad config or flag)."""
+    args = parse_args(agent_type, argv)
+    try:
+        return run(
+            agent_type,
+            build_agent,
+            args.config,
+            args.output,
+            seed=args.seed,
+            resume=args.resume,
+            quiet=args.quiet,
+        )
+    except RunError as error:
+        print(error, file=sys.stderr)
+        sys.exit(error.status)
