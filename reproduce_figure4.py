@@ -32,13 +32,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import tempfile
 
 import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import config
+from training import checkpoint, config, provenance
 from training.cli import OneLineErrorParser, number
 from training.results import ResultsError
 
@@ -69,11 +71,33 @@ def write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
-def run_stage(jobs: list[Job], args) -> None:
-    """Run a stage's unfinished jobs; exit status 1 when any of them failed."""
-    pending = [job for job in jobs if not plan.job_finished(job)]
+def pending_jobs(jobs: list[Job], args) -> list[Job]:
+    """The jobs whose outputs are not finished. Outputs of another version of the code or its
+    libraries are listed and, as `--other-versions` says, stop the driver (the default), count
+    as finished (`keep`), or are run again from step 0 (`redo`)."""
+    versions = provenance.versions()
+    states = {job.prefix: plan.job_state(job, versions) for job in jobs}
+    others = [job for job in jobs if states[job.prefix] == plan.OTHER_VERSION]
+    if others and args.other_versions == "stop":
+        names = ", ".join(job.cell.name for job in others)
+        raise UserError(
+            f"{jobs[0].stage}: {len(others)} jobs' outputs were written by another version of "
+            f"the code or its libraries ({names}): --other-versions keep counts them as "
+            "finished, --other-versions redo runs them again"
+        )
+    if args.other_versions == "redo":
+        for job in others:  # from step 0: their checkpoints are that version's too
+            checkpoint.remove(job.prefix + ".ckpt")
+    done = plan.FINISHED, *((plan.OTHER_VERSION,) if args.other_versions == "keep" else ())
+    pending = [job for job in jobs if states[job.prefix] not in done]
     if len(pending) < len(jobs):
         print(f"{jobs[0].stage}: {len(jobs) - len(pending)} of {len(jobs)} jobs already finished")
+    return pending
+
+
+def run_stage(jobs: list[Job], args) -> None:
+    """Run a stage's unfinished jobs; exit status 1 when any of them failed."""
+    pending = pending_jobs(jobs, args)
     if not pending:
         return
     check_configs(pending)
@@ -86,11 +110,16 @@ def run_stage(jobs: list[Job], args) -> None:
         sys.exit(1)
 
 
-def select_cell(cell: Cell, the_plan: Plan) -> str:
+def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     """Rank the cell's finished grid points along the axes its tune job built (sweep_summary),
-    write the best as a config; return the line to print."""
+    write the best as a config; return the line to print. Points of another version count only
+    with `--other-versions keep`."""
     job = plan.tune_job(cell, the_plan)
-    finished = [output.path for output in job.outputs if plan.is_finished(output)]
+    versions = provenance.versions()
+    states = [plan.output_state(output, versions) for output in job.outputs]
+    done = plan.FINISHED, *((plan.OTHER_VERSION,) if other_versions == "keep" else ())
+    finished = [out.path for out, state in zip(job.outputs, states, strict=True) if state in done]
+    others = states.count(plan.OTHER_VERSION) if other_versions != "keep" else 0
     if not finished:
         return f"{cell.name}: no finished tune outputs in {os.path.dirname(job.prefix)}"
     try:
@@ -109,6 +138,8 @@ def select_cell(cell: Cell, the_plan: Plan) -> str:
     notes = (
         [] if len(finished) == len(job.outputs) else [f"{len(finished)}/{len(job.outputs)} points"]
     )
+    if others:
+        notes.append(f"{others} points of another version left out (--other-versions keep)")
     if min(len(v) for v in job.axes.values()) > 2:  # else every point is on an edge
         notes += [
             w.removeprefix("warning: ") for w in sweep_summary.edge_warnings(best, runs, axes)
@@ -215,13 +246,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=64,
         help="slurm: jobs of the array running at once (default 64)",
     )
+    p.add_argument(
+        "--signal-delay",
+        type=number(int, 1),
+        default=300,
+        help="slurm: seconds before a job's time limit that SLURM warns it, so that it "
+        "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes)",
+    )
+    p.add_argument(
+        "--other-versions",
+        choices=("stop", "keep", "redo"),
+        default="stop",
+        help="finished outputs of another version of the code or its libraries: stop and list "
+        "them (default), keep them as finished, or redo them",
+    )
+    p.add_argument(
+        "--accept-version-change",
+        action="store_true",
+        help="resume runs from checkpoints of another version of the code, its libraries or "
+        "another kind of device",
+    )
     return p
 
 
 def resolve(args) -> argparse.Namespace:
     """Check what argparse cannot, and resolve the flags into the `Plan` of each cell's jobs
     and the executor's `Options`."""
-    slurm_only = ("cpus_per_job", "mem_gb", "slurm_partition", "slurm_array_parallelism")
+    slurm_only = (
+        "cpus_per_job",
+        "mem_gb",
+        "slurm_partition",
+        "slurm_array_parallelism",
+        "signal_delay",
+    )
     defaults = build_parser().parse_args([])
     for name in slurm_only:
         if args.executor != "slurm" and getattr(args, name) != getattr(defaults, name):
@@ -234,8 +291,11 @@ def resolve(args) -> argparse.Namespace:
     for flag, values in (("step-sizes", step_sizes), ("temperatures", temperatures)):
         if len(set(values)) < len(values):
             raise UserError(f"--{flag}: a value is given twice")
+    out_dir = os.path.abspath(args.out_dir or preset.out_dir)
+    if not args.estimate:
+        check_out_dir(out_dir)
     the_plan = Plan(
-        out_dir=os.path.abspath(args.out_dir or preset.out_dir),
+        out_dir=out_dir,
         preset=preset,
         step_sizes=step_sizes,
         temperatures=temperatures,
@@ -253,9 +313,21 @@ def resolve(args) -> argparse.Namespace:
         args.mem_gb,
         args.slurm_partition,
         args.slurm_array_parallelism,
+        args.signal_delay,
+        args.accept_version_change,
     )
     stages = [stage for stage in STAGES if stage in args.stage]
     return argparse.Namespace(**vars(args), plan=the_plan, options=options, stages=stages)
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Every stage writes under `--out-dir`: find out before any job runs that it can."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test."):
+            pass
+    except OSError as error:
+        raise UserError(f"--out-dir: cannot write {out_dir}: {error.strerror}") from None
 
 
 def chosen_cells(args) -> list[Cell]:
@@ -290,7 +362,7 @@ def run(args) -> None:
             run_stage([plan.tune_job(cell, the_plan) for cell in cells], args)
         elif stage == "select":
             for cell in cells:
-                print("select " + select_cell(cell, the_plan), flush=True)
+                print("select " + select_cell(cell, the_plan, args.other_versions), flush=True)
         elif stage == "final":
             if the_plan.hyperparameters == "selected":
                 check_selected(cells, the_plan)
@@ -305,6 +377,10 @@ def main(argv=None) -> int:
         run(resolve(parser.parse_args(argv)))
     except UserError as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
+    except executors.DriverStoppedError as stopped:
+        parser.exit(128 + stopped.signum, f"{PROG}: {stopped}\n")
+    except KeyboardInterrupt:  # Ctrl-C between stages
+        parser.exit(128 + signal.SIGINT, f"{PROG}: interrupted; run the same command to go on\n")
     return 0
 
 

@@ -258,18 +258,38 @@ def final_job(cell: Cell, plan: Plan) -> Job:
     return Job("final", cell, raw, {}, prefix + ".json", prefix, (output,))
 
 
-def is_finished(output: Output) -> bool:
-    """The `.out` holds every evaluation of its config, and that config is the job's (a stale
-    file of other settings is not this job's result)."""
+FINISHED, UNFINISHED, OTHER_VERSION = "finished", "unfinished", "another version"
+
+
+def output_state(output: Output, versions: dict) -> str:
+    """FINISHED: the `.out` loads, holds every evaluation of its config, that config is the
+    job's (a stale file of other settings is not this job's result), and this version of the
+    code and its libraries (`provenance.versions()`) wrote it; OTHER_VERSION: all of that but
+    the last; UNFINISHED otherwise."""
     expected = output.expected
-    if not results.is_complete(output.path, expected["num_steps"] // expected["eval_frequency"]):
-        return False
-    saved = results.out_config(results.load_out(output.path))
-    return all(key in saved and same_value(value, saved[key]) for key, value in expected.items())
+    evaluations = expected["num_steps"] // expected["eval_frequency"]
+    if not results.is_complete(output.path, evaluations):
+        return UNFINISHED
+    record = results.load_out(output.path)
+    saved = results.out_config(record)
+    if not all(key in saved and same_value(value, saved[key]) for key, value in expected.items()):
+        return UNFINISHED
+    produced_by = record.get(results.PROVENANCE_KEY, {})
+    same = all(produced_by.get(key) == value for key, value in versions.items())
+    return FINISHED if same else OTHER_VERSION
 
 
-def job_finished(job: Job) -> bool:
-    return all(is_finished(output) for output in job.outputs)
+def job_state(job: Job, versions: dict) -> str:
+    """The state of a job's outputs: FINISHED when all are, UNFINISHED when any is, else
+    OTHER_VERSION."""
+    states = {output_state(output, versions) for output in job.outputs}
+    return (
+        UNFINISHED
+        if UNFINISHED in states
+        else OTHER_VERSION
+        if OTHER_VERSION in states
+        else FINISHED
+    )
 
 
 def main() -> None:

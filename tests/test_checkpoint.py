@@ -38,9 +38,10 @@ def finish(process: subprocess.Popen) -> str:
     return stderr
 
 
-def kill_after_first_checkpoint(process: subprocess.Popen, checkpoint_path) -> None:
+def kill_after_two_checkpoints(process: subprocess.Popen, checkpoint_path) -> None:
+    """SIGKILL once the run has written its second checkpoint (the first is then `.prev`)."""
     deadline = time.time() + 300
-    while not os.path.exists(checkpoint_path) and process.poll() is None:
+    while not os.path.exists(f"{checkpoint_path}.prev") and process.poll() is None:
         assert time.time() < deadline, "no checkpoint written"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
@@ -78,13 +79,19 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(agent_type,
     finish(start(agent_type, raw, tmp_path, "whole"))
 
     killed = start(agent_type, raw, tmp_path, "cut")
-    kill_after_first_checkpoint(killed, tmp_path / "cut.ckpt")
+    kill_after_two_checkpoints(killed, tmp_path / "cut.ckpt")
     assert killed.returncode == -signal.SIGKILL
     out = next(name for name in output_files(tmp_path, "cut") if name.endswith(".out"))
     evaluations = len(load_pickle(tmp_path / f"cut{out}")["metrics"]["eval_times"])
     assert evaluations < NUM_STEPS // 50  # it was killed part-way
+    if agent_type == "ER":  # a damaged latest checkpoint: the run goes on from the one before
+        latest = tmp_path / "cut.ckpt"
+        latest.write_bytes(latest.read_bytes()[:1000])
 
-    finish(start(agent_type, raw, tmp_path, "cut", "--resume"))
+    stderr = finish(start(agent_type, raw, tmp_path, "cut", "--resume"))
+    if agent_type == "ER":
+        (line,) = [line for line in stderr.splitlines() if "damaged" in line]
+        assert line.startswith(f"warning: {tmp_path / 'cut.ckpt'} is damaged (")
     assert_same_files(tmp_path, "whole", "cut")
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -111,28 +118,38 @@ def test_extend_a_finished_run_and_refuse_a_changed_config(tmp_path):
 # ------------------------------------------------------------------------------------------
 
 
+PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
+
+
 def small_checkpoint(tmp_path):
+    """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2."""
     cfg = {**config.validate_config(tiny_config("ER"), "ER"), "agent_type": "ER", "seed": 0}
     state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
-    progress = checkpoint.Progress(1, 50, [0], history)
     path = str(tmp_path / "run.ckpt")
-    checkpoint.save(path, cfg, state, progress)
+    checkpoint.save(path, cfg, state, checkpoint.Progress(1, 50, [0], history), PROVENANCE)
+    history = {name: values * 2 for name, values in history.items()}
+    progress = checkpoint.Progress(2, 100, [0, 50], history)
+    checkpoint.save(path, cfg, state, progress, PROVENANCE)
     return path, cfg, state, shapes, progress
 
 
 def test_a_checkpoint_loads_with_numpy_and_restores_state_and_progress(tmp_path):
     path, cfg, state, shapes, progress = small_checkpoint(tmp_path)
-    restored = checkpoint.load(path, cfg, shapes)
+    restored = checkpoint.load(path, cfg, shapes, PROVENANCE)
+    assert restored.path == path and restored.note is None
     np.testing.assert_array_equal(restored.leaves[0], state["n"])  # leaves in tree order
     np.testing.assert_array_equal(restored.leaves[1], state["w"])
-    assert restored.progress.chunks_done == 1 and restored.progress.steps_since_save == 50
-    assert restored.progress.eval_times == [0]
+    assert restored.progress.chunks_done == 2 and restored.progress.steps_since_save == 100
+    assert restored.progress.eval_times == [0, 50]
     for name, values in progress.history.items():
         np.testing.assert_array_equal(restored.progress.history[name], values)
     with np.load(path, allow_pickle=False) as archive:  # no pickle: loads anywhere
-        assert json.loads(str(archive["meta"]))["config"]["seed"] == 0
+        meta = json.loads(str(archive["meta"]))
+    assert meta["config"]["seed"] == 0 and meta["provenance"] == PROVENANCE
+    # the generation before it, beside it; no third
+    assert sorted(os.listdir(tmp_path)) == ["run.ckpt", "run.ckpt.prev"]
 
 
 @pytest.mark.parametrize(
@@ -149,17 +166,72 @@ def test_a_checkpoint_loads_with_numpy_and_restores_state_and_progress(tmp_path)
 def test_resuming_with_another_config_names_the_difference(tmp_path, change, expected):
     path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
     with pytest.raises(checkpoint.CheckpointError) as info:
-        checkpoint.load(path, {**cfg, **change}, shapes)
+        checkpoint.load(path, {**cfg, **change}, shapes, PROVENANCE)
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
 
 
-def test_a_state_of_another_layout_or_a_damaged_file_is_refused(tmp_path):
+def test_a_state_of_another_layout_is_refused(tmp_path):
     path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
     other = {**shapes, "w": jax.ShapeDtypeStruct((1, 2, 4), np.float32)}
     with pytest.raises(checkpoint.CheckpointError, match="layout"):
-        checkpoint.load(path, cfg, other)
-    (tmp_path / "run.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="not a readable checkpoint"):
-        checkpoint.load(path, cfg, shapes)
+        checkpoint.load(path, cfg, other, PROVENANCE)
     # the next checkpoint interval default: a tenth of the run
     assert schema.checkpoint_every({**cfg, "checkpoint_frequency": None}) == 20
+
+
+def test_another_version_is_refused_unless_accepted(tmp_path):
+    path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
+    newer = {**PROVENANCE, "jax": "0.11.0", "device": "NVIDIA H200"}
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path, cfg, shapes, newer)
+    line = str(info.value)
+    assert "jax 0.10.2 -> 0.11.0" in line and "device cpu -> NVIDIA H200" in line
+    assert "--accept-version-change" in line and "\n" not in line
+    assert checkpoint.load(path, cfg, shapes, newer, accept_version_change=True).path == path
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def bit_flipped(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0x10]) + data[middle + 1 :]
+
+
+DAMAGE = {
+    "truncated": truncated,
+    "empty": lambda data: b"",
+    "bit-flipped": bit_flipped,
+    "random bytes": lambda data: np.random.default_rng(0).bytes(len(data)),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_a_damaged_checkpoint_falls_back_to_the_one_before_it(tmp_path, damage):
+    path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
+    latest = tmp_path / "run.ckpt"
+    latest.write_bytes(DAMAGE[damage](latest.read_bytes()))
+    restored = checkpoint.load(path, cfg, shapes, PROVENANCE)
+    assert restored.path == path + ".prev" and restored.progress.chunks_done == 1
+    assert restored.note.startswith(f"warning: {path} is damaged (")
+    assert restored.note.endswith(f"going on from the one before it, {path}.prev (step 50)")
+
+    previous = tmp_path / "run.ckpt.prev"
+    previous.write_bytes(DAMAGE[damage](previous.read_bytes()))
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        checkpoint.load(path, cfg, shapes, PROVENANCE)
+    line = str(info.value)
+    assert f"{path} is damaged" in line and f"{path}.prev is damaged" in line, line
+    assert "delete them to start again from step 0" in line and "\n" not in line
+
+
+def test_a_missing_latest_checkpoint_falls_back_too(tmp_path):
+    """A kill between the two renames of a save leaves only the one before it."""
+    path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
+    os.remove(path)
+    assert checkpoint.exists(path)
+    restored = checkpoint.load(path, cfg, shapes, PROVENANCE)
+    assert restored.path == path + ".prev" and f"there is no {path}" in restored.note
+    checkpoint.remove(path)
+    assert not checkpoint.exists(path) and not os.listdir(tmp_path)

@@ -622,7 +622,7 @@ def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path, c
 
 
 def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypatch):
-    raw = tiny_config("ER", num_steps=50, save_params=False)
+    raw = tiny_config("ER", num_steps=100, save_params=False)
     code, lines = main_er(tmp_path, capsys, monkeypatch, json.dumps(raw))
     assert code == 0
     assert "memory: training state 0.00 GB (replay buffers 0.00 GB) for 2 seeds;" in lines[0]
@@ -631,7 +631,7 @@ def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypa
 def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(
     tmp_path, capsys, monkeypatch
 ):
-    raw = json.dumps(tiny_config("ER", num_steps=50, save_params=False))
+    raw = json.dumps(tiny_config("ER", num_steps=50, training_start_time=0, save_params=False))
     code, _ = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
     assert code == 0 and (tmp_path / "new" / "run.out").exists()
     blocker = tmp_path / "file"

@@ -290,7 +290,7 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
     """A job whose run cannot start raises the run's one line (the inline executor records it
     and goes on with the next cell; a submitit job's error names it too)."""
     with pytest.raises(RunError, match="config error: activation: missing required key"):
-        executors.run_job("ER", {}, str(tmp_path / "run"), 0)
+        executors.TrainingJob()("ER", {}, str(tmp_path / "run"), 0)
     error = RuntimeError("Traceback ...\ntraining.experiment.RunError: config error: x\nlog: y")
     assert executors.failure_line(error) == "config error: x"
 

@@ -1,12 +1,13 @@
 """Checkpoints: everything a killed run needs to go on exactly where it was (`--resume`).
 
-A checkpoint is one numpy archive, `<output>.ckpt`, written atomically (`outputs.write_atomic`):
+A checkpoint is one numpy archive, `<output>.ckpt`, written atomically (`files.write_atomic`):
 every leaf of the training state of every (grid point, seed) pair (network and optimiser
 states, target and model parameters, replay buffers, environment states, observations, keys),
-the host's progress (chunks done, steps since the last `.params`, the metrics so far) and the
-config it was written with. It loads with numpy alone, on another machine or another day, and
-is placed back onto the devices of the run that resumes it. Why numpy archives and not
-orbax-checkpoint: README "Checkpoints".
+the host's progress (chunks done, steps since the last `.params`, the metrics so far), the
+config it was written with and what produced it (`provenance`). The checkpoint before it is
+kept beside it as `<output>.ckpt.prev`, so a damaged latest one is not the end of a run. It
+loads with numpy alone, on another machine or another day, and is placed back onto the devices
+of the run that resumes it. Why numpy archives and not orbax-checkpoint: README "Checkpoints".
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zipfile
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from training import provenance
 from training.files import write_atomic
 from training.schema import MAY_CHANGE_ON_RESUME, same_value
 
@@ -27,6 +30,15 @@ FORMAT = 1
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed: the message is one line saying why."""
+
+
+class DamagedError(CheckpointError):
+    """A file that is not a whole checkpoint: truncated, empty, flipped bits, another file."""
+
+
+def previous_path(path: str) -> str:
+    """Where the checkpoint before the latest is kept."""
+    return path + ".prev"
 
 
 class Progress(NamedTuple):
@@ -45,14 +57,18 @@ class Progress(NamedTuple):
 class Restored(NamedTuple):
     leaves: list[np.ndarray]  # the training state's leaves, in `jax.tree.leaves` order
     progress: Progress
+    path: str  # the file it came from: the latest checkpoint, or the one before it
+    note: str | None  # a line for the log when it is not the latest
 
 
 def _json(cfg: dict) -> dict:
     return json.loads(json.dumps(cfg))
 
 
-def save(path: str, cfg: dict, state: Any, progress: Progress) -> None:
-    """Write the checkpoint of `state` (on the devices) and `progress` atomically."""
+def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict) -> None:
+    """Write the checkpoint of `state` (on the devices) and `progress` atomically, keeping the
+    one it replaces as `previous_path(path)`. The one before that goes first, so the disk holds
+    two checkpoints, and while the new one is written, the latest and the new one."""
     leaves, treedef = jax.tree.flatten(state)
     arrays = {f"state_{i:04d}": np.asarray(x) for i, x in enumerate(jax.device_get(leaves))}
     for name, values in progress.history.items():
@@ -60,6 +76,7 @@ def save(path: str, cfg: dict, state: Any, progress: Progress) -> None:
     meta = {
         "format": FORMAT,
         "config": _json(cfg),
+        "provenance": produced_by,
         "chunks_done": progress.chunks_done,
         "steps_since_save": progress.steps_since_save,
         "eval_times": progress.eval_times,
@@ -67,31 +84,95 @@ def save(path: str, cfg: dict, state: Any, progress: Progress) -> None:
         "state_tree": str(treedef),
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    write_atomic(path, lambda f: np.savez(f, **arrays))
+    previous = previous_path(path)
+    if os.path.exists(previous):
+        os.remove(previous)
+    write_atomic(path, lambda f: np.savez(f, **arrays), keep=previous)
 
 
-def load(path: str, cfg: dict, state_shapes: Any) -> Restored:
-    """Read a checkpoint and check that `cfg` and this code can resume it: raises
-    `CheckpointError` naming the first difference. `state_shapes`: the training state's
-    `jax.ShapeDtypeStruct`s for `cfg` (`compilation.state_shapes`)."""
+def exists(path: str) -> bool:
+    """There is a checkpoint to go on from: the latest, or the one before it."""
+    return os.path.exists(path) or os.path.exists(previous_path(path))
+
+
+def load(
+    path: str, cfg: dict, state_shapes: Any, produced_by: dict, accept_version_change=False
+) -> Restored:
+    """Read the latest checkpoint, or the one before it when the latest is damaged or missing,
+    and check that `cfg` and this code can resume it: raises `CheckpointError` naming the first
+    difference, or naming both files when neither is whole. `state_shapes`: the training
+    state's `jax.ShapeDtypeStruct`s for `cfg` (`compilation.state_shapes`); `produced_by`: this
+    run's `provenance.record`, which must be the checkpoint's unless `accept_version_change`."""
+    damaged = []
+    for candidate in (path, previous_path(path)):
+        if not os.path.exists(candidate):
+            continue
+        try:
+            meta, arrays = _read(candidate)
+        except DamagedError as error:
+            damaged.append(str(error))
+            continue
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(
+                f"{candidate} has checkpoint format {meta.get('format')}, not {FORMAT}"
+            )
+        _check_config(candidate, meta["config"], _json(cfg), meta["chunks_done"])
+        _check_provenance(candidate, meta.get("provenance", {}), produced_by, accept_version_change)
+        leaves = [arrays.get(f"state_{i:04d}") for i in range(len(jax.tree.leaves(state_shapes)))]
+        _check_state(candidate, meta["state_tree"], leaves, state_shapes)
+        # Native dtypes, as a fresh run's arrays have: pickled `.out` files then match byte for
+        # byte.
+        history = {
+            name: [x.astype(x.dtype.name) for x in arrays[f"history_{name}"]]
+            for name in meta["history"]
+        }
+        chunks, since_save = meta["chunks_done"], meta["steps_since_save"]
+        progress = Progress(chunks, since_save, meta["eval_times"], history)
+        note = None
+        if candidate != path:
+            step = chunks * cfg["eval_frequency"]
+            why = damaged[0] if damaged else f"there is no {path}"
+            note = f"warning: {why}; going on from the one before it, {candidate} (step {step})"
+        return Restored(leaves, progress, candidate, note)
+    raise CheckpointError(
+        f"no whole checkpoint to go on from: {'; '.join(damaged)}; delete them to start again "
+        "from step 0, or put back a copy"
+    )
+
+
+def _read(path: str) -> tuple[dict, dict]:
+    """The metadata and arrays of a checkpoint file, every array read (so every CRC checked);
+    `DamagedError` when the file is not a whole checkpoint."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
             arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} is not a readable checkpoint ({error})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {meta.get('format')}, not {FORMAT}")
-    _check_config(path, meta["config"], _json(cfg), meta["chunks_done"])
-    leaves = [arrays[f"state_{i:04d}"] for i in range(len(jax.tree.leaves(state_shapes)))]
-    _check_state(path, meta["state_tree"], leaves, state_shapes)
-    # Native dtypes, as a fresh run's arrays have: pickled `.out` files then match byte for byte.
-    history = {
-        name: [x.astype(x.dtype.name) for x in arrays[f"history_{name}"]]
-        for name in meta["history"]
-    }
-    progress = Progress(meta["chunks_done"], meta["steps_since_save"], meta["eval_times"], history)
-    return Restored(leaves, progress)
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as error:  # whatever a damaged file makes numpy raise
+        raise DamagedError(f"{path} is damaged ({_damage(error)})") from None
+    return meta, arrays
+
+
+def _damage(error: Exception) -> str:
+    """What a damaged file's error says, in words a user can act on."""
+    if isinstance(error, EOFError):
+        return "empty or cut short"
+    if isinstance(error, zipfile.BadZipFile):
+        return f"not a whole archive: {error}"
+    if isinstance(error, ValueError) and "pickle" in str(error):
+        return "not a numpy archive"
+    if isinstance(error, KeyError):
+        return f"no {error} in it"
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _check_provenance(path: str, saved: dict, current: dict, accept: bool) -> None:
+    changed = provenance.differences(saved, current)
+    if changed and not accept:
+        raise CheckpointError(
+            f"{path} was written by another version ({', '.join(changed)}): going on would mix "
+            "two versions in one run; run it again from step 0 (without --resume), or pass "
+            "--accept-version-change to go on knowingly"
+        )
 
 
 def _check_config(path: str, saved: dict, current: dict, chunks_done: int) -> None:
@@ -116,7 +197,8 @@ def _check_state(path: str, saved_tree: str, leaves, state_shapes) -> None:
     """The saved state must have this code's layout (agent, shapes, dtypes)."""
     shapes = jax.tree.leaves(state_shapes)
     same = saved_tree == str(jax.tree.structure(state_shapes)) and all(
-        x.shape == s.shape and x.dtype == s.dtype for x, s in zip(leaves, shapes, strict=True)
+        x is not None and x.shape == s.shape and x.dtype == s.dtype
+        for x, s in zip(leaves, shapes, strict=True)
     )
     if not same:
         raise CheckpointError(
@@ -140,6 +222,8 @@ def remove_partial_files(prefixes: list[str]) -> None:
 
 
 def remove(path: str) -> None:
-    """Delete a run's checkpoint (a finished tune grid's: select needs only its `.out` files)."""
-    if os.path.exists(path):
-        os.remove(path)
+    """Delete a run's checkpoints, both generations (a finished tune grid's: select needs only
+    its `.out` files)."""
+    for generation in (path, previous_path(path)):
+        if os.path.exists(generation):
+            os.remove(generation)

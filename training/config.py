@@ -153,6 +153,22 @@ def validate_config(raw: Any, agent_type: str) -> dict:
     return cfg
 
 
+def warnings(cfg: dict) -> list[str]:
+    """Lines for a config that is valid but cannot do what it seems to say."""
+    lines = []
+    if cfg["training_start_time"] >= cfg["num_steps"]:
+        lines.append(
+            f"warning: training_start_time {cfg['training_start_time']} >= num_steps "
+            f"{cfg['num_steps']}: no update will ever run"
+        )
+    if cfg["buffer_size"] < cfg["batch_size"]:
+        lines.append(
+            f"warning: buffer_size {cfg['buffer_size']} < batch_size {cfg['batch_size']}: every "
+            "batch draws the same items several times"
+        )
+    return lines
+
+
 def load_config(path: str, agent_type: str) -> dict:
     try:
         with open(path) as f:

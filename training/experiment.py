@@ -11,8 +11,9 @@ run (`measure.py`).
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ from tqdm import tqdm
 
 import environments
 from agents import HParams
-from training import checkpoint, config, results
+from training import checkpoint, config, files, provenance, results
 from training.compilation import (
     CompiledRun,
     check_memory,
@@ -32,7 +33,6 @@ from training.compilation import (
     enable_compilation_cache,
     state_shapes,
 )
-from training.files import check_writable
 from training.loop import Agent
 from training.schema import checkpoint_every
 
@@ -48,6 +48,15 @@ class RunError(Exception):
         self.status = status
 
 
+class RunInterruptedError(RunError):
+    """A run stopped by a signal at the end of a chunk, its checkpoint written (`StopSignals`):
+    `--resume` goes on from there. Its status is the shell's for that signal (128 + number)."""
+
+    def __init__(self, line: str, signum: int):
+        super().__init__(line, 128 + signum)
+        self.signum = signum
+
+
 class Setup(NamedTuple):
     """A run before anything is compiled or written: its validated config (with `agent_type`
     and `seed`), environment, agent, grid points and the shapes of its training state."""
@@ -60,6 +69,8 @@ class Setup(NamedTuple):
     hp: HParams  # the traced hyperparameters of every point, leaves [G]
     shapes: Any  # the training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front
     memory: str  # the start-up log's line on the memory the state needs
+    warnings: list[str]  # lines for a config that cannot do what it seems to say
+    provenance: dict  # what produces the run's files (`provenance.record`)
 
 
 class Written(NamedTuple):
@@ -91,7 +102,10 @@ def prepare(agent_type: str, build_agent: BuildAgent, cfg, seed: int = 0) -> Set
     except config.ConfigError as error:
         raise RunError(f"{where}config error: {error}") from None
     hp = config.grid_hyperparameters(points)
-    return Setup(cfg, env, agent, points, axes, hp, shapes, memory)
+    produced_by = provenance.record(jax.devices()[0].device_kind)
+    return Setup(
+        cfg, env, agent, points, axes, hp, shapes, memory, config.warnings(cfg), produced_by
+    )
 
 
 def compile_setup(setup: Setup, program_dir: str | None = None, agent=None) -> CompiledRun:
@@ -116,15 +130,29 @@ def run(
     seed: int = 0,
     resume: bool = False,
     quiet: bool = False,
+    accept_version_change: bool = False,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent into files named
     `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
-    `resume`, go on from `<output>.ckpt` when there is one. Raises `RunError`, whose message is
-    the one line the command line prints, before anything compiles when it can."""
+    `resume`, go on from `<output>.ckpt` when there is one (`accept_version_change`: even if
+    another version of the code or libraries wrote it). The run holds `<output>.lock` while it
+    trains. Raises `RunError`, whose message is the one line the command line prints, before
+    anything compiles when it can; `RunInterruptedError` when a signal stopped it at the end
+    of a chunk."""
     start = time.time()
     setup = prepare(agent_type, build_agent, cfg, seed)
-    check_output(output)
-    written = train(setup, output, quiet, enable_compilation_cache(), resume)
+    for line in setup.warnings:
+        print(line, file=sys.stderr)
+    prefixes = output_prefixes(output, setup.points, setup.axes)
+    written_files = [f"{p}.{suffix}" for p in prefixes for suffix in ("out", "params")]
+    written_files += [f"{output}.ckpt", checkpoint.previous_path(f"{output}.ckpt")]
+    try:
+        files.check_output(output, written_files)
+        with files.OutputLock(output):
+            program_dir = enable_compilation_cache()
+            written = train(setup, output, quiet, program_dir, resume, accept_version_change)
+    except files.OutputError as error:
+        raise RunError(str(error)) from None
     if not quiet:
         steps = setup.cfg["num_steps"] * setup.cfg["num_seeds"] * len(setup.points)
         elapsed = time.time() - start
@@ -136,14 +164,40 @@ def run(
     return written
 
 
-def check_output(output: str) -> None:
-    """A run that cannot write its outputs must not find out after training: create the
-    prefix's folder and try a file there."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        check_writable(output)
-    except OSError as error:
-        raise RunError(f"--output: cannot write {output!r}: {error.strerror}") from None
+class StopSignals:
+    """While a run trains, SIGINT (Ctrl-C), SIGTERM (a scheduler's preemption or `scancel`)
+    and SIGUSR2 (SLURM's warning before a time limit, submitit's signal) ask it to stop at the
+    end of the chunk it is in, once its checkpoint is written; a second Ctrl-C stops at once.
+    The handlers found before are put back afterwards. Python takes signals in its main thread
+    only: elsewhere nothing is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        print(
+            f"{signal.Signals(signum).name}: stopping at the end of this chunk, once its "
+            "checkpoint is written",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def output_prefixes(output: str, points: list[dict], axes) -> list[str]:
@@ -161,13 +215,14 @@ def pair_label(points: list[dict], axes, g: int, s: int) -> str:
 class OutputSchedule:
     """When to rewrite the `.out` files: after every evaluation (Q8), unless writing them took
     over 2% of the time since the last write (a long run of a large grid: every file grows with
-    every evaluation), then as often as that 2% allows; always after the last evaluation."""
+    every evaluation), then as often as that 2% allows. The run writes them after its last
+    evaluation in any case."""
 
     def __init__(self):
         self.last_end, self.last_cost = 0.0, 0.0
 
-    def due(self, last: bool) -> bool:
-        return last or time.monotonic() - self.last_end >= 50 * self.last_cost
+    def due(self) -> bool:
+        return time.monotonic() - self.last_end >= 50 * self.last_cost
 
     def written(self, started: float) -> None:
         self.last_end = time.monotonic()
@@ -180,11 +235,15 @@ def train(
     quiet: bool = False,
     program_dir: str | None = None,
     resume: bool = False,
+    accept_version_change: bool = False,
 ) -> Written:
     """The host loop of the run of every grid point: a chunk of `eval_frequency` steps, an
-    evaluation, the metrics, and the files when they are due. `program_dir`: see
-    `compile_run`. With `resume`, the run goes on from `<output>.ckpt` when there is one (a
-    checkpoint that cannot be resumed is a `RunError`, before anything compiles)."""
+    evaluation, the metrics, and the files when they are due; at the end the last checkpoint,
+    then `.params`, then `.out`, so that a run whose `.out` is complete has all its files.
+    `program_dir`: see `compile_run`. With `resume`, the run goes on from its checkpoint when
+    there is one (one that cannot be resumed is a `RunError`, before anything compiles), and a
+    finished run writes its `.out` again from it. A signal stops the run at a chunk's end
+    (`StopSignals`, `RunInterruptedError`); a file that cannot be written is a `RunError`."""
     cfg, agent, points, axes = setup.cfg, setup.agent, setup.points, setup.axes
     prefixes = output_prefixes(output, points, axes)
     num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
@@ -193,11 +252,15 @@ def train(
     if not quiet:
         print(setup.memory, file=sys.stderr)
     restored = None
-    if resume and os.path.exists(checkpoint_path):
+    if resume and checkpoint.exists(checkpoint_path):
         try:
-            restored = checkpoint.load(checkpoint_path, cfg, setup.shapes)
+            restored = checkpoint.load(
+                checkpoint_path, cfg, setup.shapes, setup.provenance, accept_version_change
+            )
         except checkpoint.CheckpointError as error:
             raise RunError(f"--resume: {error}") from None
+        if restored.note:
+            print(restored.note, file=sys.stderr)
         checkpoint.remove_partial_files([output, *prefixes])
     elif resume and not quiet:
         print(f"--resume: no checkpoint {checkpoint_path}; starting at step 0", file=sys.stderr)
@@ -216,42 +279,67 @@ def train(
     params_paths = [f"{p}.params" for p in prefixes] if cfg["save_params"] else []
     schedule = OutputSchedule()
     first = progress.chunks_done  # 0, or where the checkpoint left off
+    saved_at = first * chunk_steps if restored else None  # the step of the last checkpoint
     chunks = range(first, num_chunks)
     bar = tqdm(chunks, initial=first, total=num_chunks, disable=quiet, dynamic_ncols=True)
-    for i in bar:
-        t0 = i * chunk_steps
-        if params_paths and steps_since_save >= cfg["save_frequency"]:
+    try:
+        with StopSignals() as stop:
+            for i in bar:
+                t0 = i * chunk_steps
+                if params_paths and steps_since_save >= cfg["save_frequency"]:
+                    save_params(params_paths, agent, state.learner)
+                    steps_since_save = 0
+                train_now = t0 >= cfg["training_start_time"]
+                state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), setup.hp)
+                keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
+                scores = np.asarray(run.evaluate(state.learner, keys, setup.hp), np.float32)
+                record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
+                eval_times.append(t0)
+                steps_since_save += chunk_steps
+                steps_since_checkpoint += chunk_steps
+                last, stopping = i == num_chunks - 1, stop.signum is not None
+                if last or stopping or steps_since_checkpoint >= checkpoint_every(cfg):
+                    progress = checkpoint.Progress(i + 1, steps_since_save, eval_times, history)
+                    checkpoint.save(checkpoint_path, cfg, state, progress, setup.provenance)
+                    saved_at, steps_since_checkpoint = t0 + chunk_steps, 0
+                if not last and (stopping or schedule.due()):
+                    started = time.monotonic()
+                    write_outs(prefixes, setup, eval_times, history)
+                    schedule.written(started)
+                show_progress(bar, quiet, t0 + chunk_steps, scores, points, axes)
+                if stopping and not last:
+                    name = signal.Signals(stop.signum).name
+                    raise RunInterruptedError(
+                        f"stopped by {name} at step {saved_at} of {cfg['num_steps']}: "
+                        f"checkpoint {checkpoint_path} written; go on with --resume",
+                        stop.signum,
+                    )
+        # The last files: the checkpoint is written, then `.params`, then `.out` (also when the
+        # run was finished already: a lost or damaged `.out` is written again).
+        if params_paths:
             save_params(params_paths, agent, state.learner)
-            steps_since_save = 0
-        train_now = t0 >= cfg["training_start_time"]
-        state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), setup.hp)
-        keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
-        scores = np.asarray(run.evaluate(state.learner, keys, setup.hp), dtype=np.float32)
-        record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
-        eval_times.append(t0)
-        steps_since_save += chunk_steps
-        steps_since_checkpoint += chunk_steps
-        last = i == num_chunks - 1
-        if schedule.due(last):
-            started = time.monotonic()
-            write_outs(prefixes, points, eval_times, history)
-            schedule.written(started)
-        if last or steps_since_checkpoint >= checkpoint_every(cfg):
-            progress = checkpoint.Progress(i + 1, steps_since_save, eval_times, history)
-            checkpoint.save(checkpoint_path, cfg, state, progress)
-            steps_since_checkpoint = 0
-        show_progress(bar, quiet, t0 + chunk_steps, scores, points, axes)
-    if params_paths:
-        save_params(params_paths, agent, state.learner)
-    records = [results.out_record(points[g], eval_times, history, g) for g in range(len(points))]
+        write_outs(prefixes, setup, eval_times, history)
+    except files.WriteError as error:
+        intact = (
+            f"the last checkpoint, {checkpoint_path} (step {saved_at}), is intact: go on with "
+            "--resume once there is room"
+            if saved_at is not None
+            else "no checkpoint was written yet"
+        )
+        raise RunError(f"cannot write {error.filename}: {error.strerror}; {intact}", 1) from None
+    records = [point_record(setup, eval_times, history, g) for g in range(len(points))]
     outs = [f"{p}.out" for p in prefixes]
     return Written(outs, records, params_paths, checkpoint_path, num_chunks - first)
 
 
-def write_outs(prefixes: list[str], points: list[dict], eval_times, history) -> None:
+def point_record(setup: Setup, eval_times, history, g: int) -> dict:
+    """The `.out` record of grid point `g`, with what produced it."""
+    return results.out_record(setup.points[g], eval_times, history, g, setup.provenance)
+
+
+def write_outs(prefixes: list[str], setup: Setup, eval_times, history) -> None:
     for g, prefix in enumerate(prefixes):
-        record = results.out_record(points[g], eval_times, history, g)
-        results.write_out(f"{prefix}.out", record)
+        results.write_out(f"{prefix}.out", point_record(setup, eval_times, history, g))
 
 
 def save_params(paths: list[str], agent: Agent, learner) -> None:
@@ -303,12 +391,19 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
     )
+    parser.add_argument(
+        "--accept-version-change",
+        action="store_true",
+        help="--resume even from a checkpoint that another version of the code, of jax, "
+        "jaxlib, haiku or optax, or another kind of device wrote",
+    )
     return parser.parse_args(argv)
 
 
 def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
     """Entry point of every `train_*.py`: parse flags and `run`; a run that cannot start or go
-    on prints one line and exits (status 2 for a bad config or flag)."""
+    on prints one line and exits (status 2 for a bad config or flag, 1 for a file that could
+    not be written, 128 + the signal's number when a signal stopped it)."""
     args = parse_args(agent_type, argv)
     try:
         return run(
@@ -319,7 +414,15 @@ def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
             seed=args.seed,
             resume=args.resume,
             quiet=args.quiet,
+            accept_version_change=args.accept_version_change,
         )
     except RunError as error:
         print(error, file=sys.stderr)
         sys.exit(error.status)
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
+        print(
+            "interrupted: the files written so far are whole; --resume goes on from the last "
+            "checkpoint, if one was written",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGINT)

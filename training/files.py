@@ -1,11 +1,17 @@
 """Files a run writes: every one atomically (`write_atomic`), so a reader or a killed run only
-ever sees a complete file. No jax here: the readers of `.out` files use it too."""
+ever sees a complete file; the checks on an output prefix before anything is compiled
+(`check_output`); and the lock that keeps one writer per prefix (`OutputLock`). No jax here: the
+readers of `.out` files use it too."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import pickle
+import socket
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -14,31 +20,109 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_atomic(path: str, write: Callable[[Any], None]) -> None:
+class WriteError(OSError):
+    """A file that could not be written (a full disk, a lost mount): `filename` names it."""
+
+
+def write_atomic(path: str, write: Callable[[Any], None], keep: str | None = None) -> None:
     """`write(file)` into a temporary file beside `path`, then rename: a reader (or a killed
-    run) only ever sees the old file or the complete new one."""
+    run) only ever sees the old file or the complete new one. With `keep`, the old file is
+    renamed to `keep` first (a second generation). Raises `WriteError` naming `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(
+            dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp"
+        )
         # The permissions of an ordinary new file, not mkstemp's 0600.
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep is not None and os.path.exists(path):
+            os.replace(path, keep)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(error.errno, error.strerror, path) from None
         raise
-
-
-def check_writable(prefix: str) -> None:
-    """Raise `OSError` unless files can be created beside `prefix` (as `write_atomic` does)."""
-    directory = os.path.dirname(os.path.abspath(prefix))
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=os.path.basename(prefix) + "."):
-        pass
 
 
 def write_pickle_atomic(path: str, obj: Any) -> None:
     write_atomic(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+class OutputError(ValueError):
+    """An output prefix the run cannot write to: the message is one line."""
+
+
+def check_output(prefix: str, paths: list[str]) -> None:
+    """Before anything compiles: the prefix names files, not a folder; its folder exists (it is
+    created) and takes new files; none of the run's files (`paths`) is a folder."""
+    if not os.path.basename(prefix):
+        raise OutputError(
+            f"--output: {prefix!r} names a folder; give a file prefix in it, such as "
+            f"{os.path.join(prefix, 'run')!r}"
+        )
+    for path in paths:
+        if os.path.isdir(path):
+            raise OutputError(f"--output: {path} is a folder, where the run writes a file")
+    directory = os.path.dirname(os.path.abspath(prefix))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=os.path.basename(prefix) + "."):
+            pass
+    except OSError as error:
+        raise OutputError(f"--output: cannot write {prefix!r}: {error.strerror}") from None
+
+
+def holder_line() -> str:
+    """Who holds a lock: this process, its host and its SLURM job, and since when."""
+    job = os.environ.get("SLURM_JOB_ID")
+    where = f"pid {os.getpid()} on {socket.gethostname()}" + (f", SLURM job {job}" if job else "")
+    return f"{where}, since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+
+
+class LockedError(OutputError):
+    """Another live process holds the lock of an output prefix."""
+
+
+class OutputLock:
+    """The lock a run holds on its output prefix (`<prefix>.lock`) while it trains, so that two
+    processes never write one set of files. `flock` is dropped by the kernel when its holder
+    dies, so a lock file left by a killed run never blocks. The file holds `holder_line` for the
+    message a second process prints."""
+
+    def __init__(self, prefix: str):
+        self.path = prefix + ".lock"
+        self.fd = None
+
+    def __enter__(self) -> OutputLock:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise LockedError(
+                    f"--output: {self.path} is held by {holder}, which is training into the "
+                    "same files; wait for it, or stop it"
+                ) from None
+            # A holder that just finished removed the file it locked: lock the one there now.
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, holder_line().encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self.fd)

@@ -43,9 +43,15 @@ def library_versions() -> dict[str, str]:
     return {name: metadata.version(package) for name, package in LIBRARIES.items()}
 
 
+def versions() -> dict[str, str]:
+    """The project's version and its libraries': what a file's numbers depend on wherever it
+    ran."""
+    return {"project": project_version(), **library_versions()}
+
+
 def record(device_kind: str) -> dict[str, str]:
     """The provenance of a run on devices of `device_kind` (jax's `Device.device_kind`)."""
-    return {"project": project_version(), **library_versions(), "device": device_kind}
+    return {**versions(), "device": device_kind}
 
 
 def differences(saved: dict, current: dict) -> list[str]:

@@ -38,8 +38,7 @@ def program_key(cfg: dict, sharding: NamedSharding, num_points: int = 1) -> str:
     devices = [f"{d.platform}:{d.device_kind}" for d in sharding.mesh.devices.flat]
     mesh = dict(sharding.mesh.shape)
     flags = os.environ.get("XLA_FLAGS", "")
-    versions = {"project": provenance.project_version(), **provenance.library_versions()}
-    digest.update(f"{versions} {devices} {mesh} {num_points} {flags}".encode())
+    digest.update(f"{provenance.versions()} {devices} {mesh} {num_points} {flags}".encode())
     return digest.hexdigest()[:24]
 
 
