@@ -7,21 +7,23 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure
 from figure4 import plan as f4
 from figure4.plan import PRESETS, Cell
-from training import config
+from training import checkpoint, config, experiment, provenance, results
 from training.experiment import RunError
 
 SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
@@ -240,12 +242,19 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
 
     outs = tune_outs + sorted(glob.glob(str(out / "final_selected" / "*.out")))
     mtimes = {path: os.stat(path).st_mtime_ns for path in outs}
+    # A lost final .out: the driver counts its job as unfinished and writes it again from the
+    # run's checkpoint, without training again.
+    lost = out / "final_selected" / "ER_ProcMaze_low.out"
+    original = lost.read_bytes()
+    lost.unlink()
     second, seconds = run_driver(*flags, "--out-dir", str(out), cache_dir=cache_dir)
     assert "tune: 2 of 2 jobs already finished" in second.stdout
-    assert "final: 2 of 2 jobs already finished" in second.stdout
-    assert "running" not in second.stdout
-    assert {path: os.stat(path).st_mtime_ns for path in outs} == mtimes
-    assert seconds < 20  # the first call trained four runs: each alone takes longer
+    assert "final: 1 of 2 jobs already finished" in second.stdout
+    assert "final ER_ProcMaze_low: finished already: its .out written again" in second.stdout
+    assert lost.read_bytes() == original
+    mtimes.pop(str(lost))
+    assert {path: os.stat(path).st_mtime_ns for path in outs if path != str(lost)} == mtimes
+    assert seconds < 30  # the first call trained four runs: each alone takes longer
 
 
 def test_local_executor_runs_cells_in_parallel_processes(tmp_path, cache_dir):
@@ -420,3 +429,96 @@ def test_estimate_measures_and_prints_the_table(capsys):
     assert float(tune[2]) == 4 * 8 * 200 and float(final[2]) == 4 * 2 * 200
     assert 0 < float(final[3]) < float(tune[3])
     assert "This fits this machine" in out
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs of another version, an unwritable --out-dir, a stopped driver
+# --------------------------------------------------------------------------------------------
+
+
+def quick_plan(out_dir) -> f4.Plan:
+    return r4.resolve(r4.build_parser().parse_args(["--quick", "--out-dir", str(out_dir)])).plan
+
+
+def test_outputs_of_another_version_are_listed_not_counted(tmp_path, capsys):
+    """A finished `.out` written by another version of the code stops the driver with one line
+    listing it; --other-versions keep counts it as finished."""
+    cell = Cell("ER", "ProcMaze", "high")
+    output = f4.final_job(cell, quick_plan(tmp_path)).outputs[0]
+    raw = {key: value for key, value in output.expected.items() if key != "seed"}
+    cfg = config.validate_config(raw, "ER")
+    evaluations = cfg["num_steps"] // cfg["eval_frequency"]
+    history = {"reward_rates": [np.zeros((1, 2), np.float32)] * evaluations}
+    record = results.out_record(
+        {**cfg, "agent_type": "ER", "seed": 0},
+        list(range(0, cfg["num_steps"], cfg["eval_frequency"])),
+        history,
+        0,
+        {**provenance.versions(), "project": "0123456789abcdef", "device": "cpu"},
+    )
+    os.makedirs(os.path.dirname(output.path))
+    results.write_out(output.path, record)
+    flags = ["--quick", "--stage", "final", "--agents", "ER", "--envs", "ProcMaze"]
+    flags += ["--regimes", "high", "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_info:
+        r4.main(flags)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "final: 1 jobs' outputs were written by another version" in line
+    assert "(ER_ProcMaze_high)" in line and "--other-versions keep" in line
+    assert r4.main([*flags, "--other-versions", "keep"]) == 0
+    assert "final: 1 of 1 jobs already finished" in capsys.readouterr().out
+    assert plan_state(output) == f4.OTHER_VERSION
+
+
+def plan_state(output) -> str:
+    return f4.output_state(output, provenance.versions())
+
+
+def test_a_read_only_out_dir_is_one_line_before_any_job(tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            r4.main(["--quick", "--stage", "final", "--out-dir", str(folder / "runs")])
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        f"reproduce_figure4.py: error: --out-dir: cannot write {folder / 'runs'}: "
+        "Read-only file system"
+    )
+
+
+def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM to a driver running local jobs: each job's run writes its checkpoint at its
+    chunk's end and exits, then the driver; no job process is left behind, and the job goes on
+    from its checkpoint when run again."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+    raw = tiny_config("ER", num_steps=40000, eval_frequency=100, training_start_time=0)
+    prefix = str(tmp_path / "final" / "ER_ProcMaze_high")
+    job = f4.Job("final", Cell("ER", "ProcMaze", "high"), raw, {}, prefix + ".json", prefix, ())
+    options = executors.Options("local", 0, 1, None, 0, 1, None, None, 1, 300, False)
+
+    def stop_the_driver_once_training():
+        deadline = time.time() + 300
+        while not os.path.exists(prefix + ".out") and time.time() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_the_driver_once_training, daemon=True).start()
+    with pytest.raises(executors.DriverStoppedError) as info:
+        executors.run_jobs([job], options, str(tmp_path))
+    assert "stopped 1 local jobs, each after writing its checkpoint" in str(info.value)
+    (folder,) = [name for name in os.listdir(tmp_path / "logs" / "final") if name.isdigit()]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(folder), 0)  # the job's controller is gone, and with it the run
+    log = (tmp_path / "logs" / "final" / folder / f"{folder}_0_log.err").read_text()
+    assert "stopped by SIGTERM at step" in log
+    setup = experiment.prepare("ER", AGENTS["ER"].build_agent, raw)
+    restored = checkpoint.load(prefix + ".ckpt", setup.cfg, setup.shapes, setup.provenance)
+    assert 0 < restored.progress.chunks_done < 400
