@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes)",
     )
     p.add_argument(
+        "--poll",
+        type=number(float, 0.1),
+        help="local, slurm: seconds between looks at the jobs' states (default: local 1, slurm 30)",
+    )
+    p.add_argument(
         "--other-versions",
         choices=("stop", "keep", "redo"),
         default="stop",
@@ -314,6 +319,7 @@ def resolve(args) -> argparse.Namespace:
         args.slurm_partition,
         args.slurm_array_parallelism,
         args.signal_delay,
+        args.poll or (30.0 if args.executor == "slurm" else 1.0),
         args.accept_version_change,
     )
     stages = [stage for stage in STAGES if stage in args.stage]

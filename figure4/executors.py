@@ -39,7 +39,6 @@ from training.files import write_atomic
 LOCAL_NO_LIMIT_MIN = 60 * 24 * 365  # submitit's local executor kills jobs after 2 min otherwise
 SLURM_DEFAULT_MIN = 24 * 60
 SLURM_MAX_REQUEUES = 100  # submitit's default, 3, would end a long run after three time limits
-POLL_S = {"local": 1.0, "slurm": 10.0}  # seconds between looks at the jobs' states
 GONE_POLLS = 3  # a job out of the queue without a result this many looks in a row has failed
 STOP_WAIT_S = 600  # how long stopped local jobs get to write their checkpoints
 # SLURM states of a job that is still queued or running (a requeued job passes through them).
@@ -74,6 +73,7 @@ class Options(NamedTuple):
     slurm_partition: str | None
     slurm_array_parallelism: int
     signal_delay: int  # seconds before the time limit that SLURM warns a job
+    poll: float  # seconds between looks at the jobs' states
     accept_version_change: bool
 
 
@@ -98,7 +98,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         flags = dict(seed=seed, resume=True, quiet=quiet, accept_version_change=accept_change)
         try:
             written = AGENTS[agent].run(raw, prefix, **flags)
-        except RunInterruptedError:
+        except RunInterruptedError as error:
+            print(error, file=sys.stderr, flush=True)  # the job's log says how it stopped
             if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
                 requeue()
             raise
@@ -290,14 +291,14 @@ def submit(jobs: list[Job], options: Options, out_dir: str) -> list:
     executor = make_executor(options, folder)
     arguments = [job_arguments(job, options, quiet=False) for job in jobs]
     handles = executor.map_array(TrainingJob(), *zip(*arguments, strict=True))
-    names = ", ".join(job.cell.name for job in jobs)
-    print(f"{jobs[0].stage}: {options.executor} jobs {handles[0].job_id}...: {names}", flush=True)
-    if options.executor == "slurm":
+    if options.executor == "slurm":  # first thing: a driver killed now must find them again
         path = records_path(out_dir, jobs[0].stage)
         records = read_records(path)
         for job, handle in zip(jobs, handles, strict=True):
             records[job.prefix] = {"job_id": handle.job_id, "folder": folder}
         write_records(path, records)
+    names = ", ".join(job.cell.name for job in jobs)
+    print(f"{jobs[0].stage}: {options.executor} jobs {handles[0].job_id}...: {names}", flush=True)
     return list(zip(jobs, handles, strict=True))
 
 
@@ -338,7 +339,7 @@ def wait(entries: list, options: Options) -> list[str]:
                 shown[job.prefix] = state
                 print(f"{name}: job {handle.job_id} {state}", flush=True)
         if pending:
-            time.sleep(POLL_S[options.executor])
+            time.sleep(options.poll)
     return failures
 
 

@@ -6,6 +6,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 import types
 
 import jax
@@ -18,6 +19,8 @@ sys.path.insert(0, ROOT)
 
 # The tests compile afresh: no persistent compilation cache or saved programs of other runs.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+
+import slurm_jobs  # noqa: E402
 
 import environments  # noqa: E402
 from agent_registry import AGENTS  # noqa: E402
@@ -86,6 +89,19 @@ PER_AGENT = {
         "binary_obs": True,
     },
 }
+
+
+def pytest_collection_finish(session):
+    """The SLURM job of the time-limit test starts with the session: it needs minutes, nearly
+    all of them waiting, so it runs while the rest of the suite does (`tests/slurm_jobs.py`)."""
+    if any(item.get_closest_marker("slurm_background") for item in session.items):
+        slurm_jobs.start_background(tiny_config("ER", **slurm_jobs.TIME_LIMIT_RUN))
+
+
+def pytest_sessionfinish(session):
+    slurm_jobs.cancel_background()
+
+
 # agent type -> its training script's module (the registry names both latent agents' one)
 MODULES = {spec.agent_type: spec.module for spec in AGENTS.values()}
 SCRIPTS = {agent_type: module.__name__ + ".py" for agent_type, module in MODULES.items()}
@@ -234,3 +250,39 @@ def fake_values(num_evals, num_seeds, seed):
     rng = np.random.default_rng(seed)
     trend = -100 + 90 * (1 - np.exp(-np.arange(num_evals) / 5.0))
     return trend[:, None] + rng.normal(0, 5, size=(num_evals, num_seeds))
+
+
+# --------------------------------------------------------------------------------------------
+# The quick Figure 4 pipeline, run once per session by the inline executor
+# --------------------------------------------------------------------------------------------
+
+DRIVER = os.path.join(ROOT, "reproduce_figure4.py")
+QUICK_PIPELINE = ["--stage", "tune", "select", "final", "plot", "--hyperparameters", "selected"]
+
+
+def run_quick_driver(*flags, cache_dir):
+    """`reproduce_figure4.py --quick` on ER and ProcMaze as a user runs it: (process, seconds)."""
+    start = time.time()
+    process = subprocess.run(
+        [sys.executable, DRIVER, "--quick", "--agents", "ER", "--envs", "ProcMaze", *flags],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir},
+    )
+    assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+    return process, time.time() - start
+
+
+@pytest.fixture(scope="session")
+def driver_cache(tmp_path_factory):
+    """One compilation cache for the session's driver runs: later ones load the programs."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+@pytest.fixture(scope="session")
+def quick_pipeline(tmp_path_factory, driver_cache):
+    """All four stages of the quick pipeline, inline, once: (its --out-dir, the process)."""
+    out = tmp_path_factory.mktemp("quick_pipeline") / "inline"
+    process, _ = run_quick_driver(*QUICK_PIPELINE, "--out-dir", str(out), cache_dir=driver_cache)
+    return out, process

@@ -7,16 +7,16 @@ import json
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import types
 
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_config
+from conftest import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
@@ -27,7 +27,6 @@ from training import checkpoint, config, experiment, provenance, results
 from training.experiment import RunError
 
 SEEDS = os.path.join(ROOT, "..", "shared", "seeds")
-SCRIPT = os.path.join(ROOT, "reproduce_figure4.py")
 
 # --------------------------------------------------------------------------------------------
 # The table, parsed from the reference README itself
@@ -191,35 +190,15 @@ def test_default_grid_holds_every_table_value():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    """One compilation cache for this file's runs: the local-executor test then loads the
-    programs the inline test compiled (same cells), which keeps the file near a minute."""
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
-def run_driver(*flags, cache_dir):
-    start = time.time()
-    process = subprocess.run(
-        [sys.executable, SCRIPT, "--quick", "--agents", "ER", "--envs", "ProcMaze", *flags],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir},
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    return process, time.time() - start
-
-
 def load_out(path):
     with open(path, "rb") as f:
         return pickle.load(f)
 
 
-def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
+def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline, driver_cache):
     out = tmp_path / "quick"
-    flags = ["--stage", "tune", "select", "final", "plot", "--hyperparameters", "selected"]
-    first, _ = run_driver(*flags, "--out-dir", str(out), cache_dir=cache_dir)
+    shutil.copytree(quick_pipeline[0], out)  # the session's run, which other tests read too
+    first = quick_pipeline[1]
 
     tune_outs = sorted(glob.glob(str(out / "tune" / "*.out")))
     assert len(tune_outs) == 8  # 2 regimes x 2 step sizes x 2 temperatures
@@ -247,7 +226,8 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
     lost = out / "final_selected" / "ER_ProcMaze_low.out"
     original = lost.read_bytes()
     lost.unlink()
-    second, seconds = run_driver(*flags, "--out-dir", str(out), cache_dir=cache_dir)
+    flags = [*QUICK_PIPELINE, "--out-dir", str(out)]
+    second, seconds = run_quick_driver(*flags, cache_dir=driver_cache)
     assert "tune: 2 of 2 jobs already finished" in second.stdout
     assert "final: 1 of 2 jobs already finished" in second.stdout
     assert "final ER_ProcMaze_low: finished already: its .out written again" in second.stdout
@@ -257,10 +237,10 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, cache_dir):
     assert seconds < 30  # the first call trained four runs: each alone takes longer
 
 
-def test_local_executor_runs_cells_in_parallel_processes(tmp_path, cache_dir):
+def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache):
     out = tmp_path / "local"
     flags = ["--stage", "final", "--executor", "local", "--parallel", "2", "--out-dir", str(out)]
-    process, _ = run_driver(*flags, cache_dir=cache_dir)
+    process, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     # Both cells went to submitit in one submission, each its own process (job id = its pid).
     assert "ER_ProcMaze_high, ER_ProcMaze_low" in process.stdout
     # (submitit also keeps a literal "%j" folder for what it writes before a job has an id)
@@ -502,7 +482,7 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
     raw = tiny_config("ER", num_steps=40000, eval_frequency=100, training_start_time=0)
     prefix = str(tmp_path / "final" / "ER_ProcMaze_high")
     job = f4.Job("final", Cell("ER", "ProcMaze", "high"), raw, {}, prefix + ".json", prefix, ())
-    options = executors.Options("local", 0, 1, None, 0, 1, None, None, 1, 300, False)
+    options = executors.Options("local", 0, 1, None, 0, 1, None, None, 1, 300, 1.0, False)
 
     def stop_the_driver_once_training():
         deadline = time.time() + 300

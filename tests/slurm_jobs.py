@@ -1,0 +1,98 @@
+"""SLURM jobs for the tests on the one-node cluster (`tests/test_slurm.py`); the jobs import
+this module by name, so it holds nothing but what they run and how they are submitted.
+
+A long run costs the 2-core test machine little when it waits rather than computes:
+`SlowTrainingJob` is the driver's own `TrainingJob` (same run, same signals, same requeue)
+whose run sleeps after each chunk, so that it needs minutes of wall time and seconds of CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+from figure4 import executors
+from training import experiment
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+# The time-limit test's run: 180 chunks, each followed by a second's sleep: about three
+# minutes under a one-minute limit.
+TIME_LIMIT_RUN = {"num_steps": 3600, "eval_frequency": 20, "training_start_time": 0}
+BACKGROUND: dict = {}  # the session's background job: handle, config, prefix
+
+
+def cluster_answers() -> bool:
+    """A SLURM cluster takes jobs here: `sbatch` exists and `sinfo` answers."""
+    if shutil.which("sbatch") is None:
+        return False
+    done = subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20)
+    return done.returncode == 0 and bool(done.stdout.strip())
+
+
+class SlowTrainingJob(executors.TrainingJob):
+    """`TrainingJob` whose run sleeps `pause` seconds after each chunk."""
+
+    def __init__(self, pause: float):
+        self.pause = pause
+
+    def __call__(self, *args, **kwargs):
+        show = experiment.show_progress
+
+        def show_then_wait(*a, **k):
+            show(*a, **k)
+            time.sleep(self.pause)
+
+        experiment.show_progress = show_then_wait
+        return super().__call__(*args, **kwargs)
+
+
+def options(minutes: int | None = None, signal_delay: int = 5) -> executors.Options:
+    """SLURM options for the test cluster: no GPUs, one CPU per job (two jobs at once)."""
+    return executors.Options("slurm", 0, 1, minutes, 0, 1, None, None, 4, signal_delay, 2.0, False)
+
+
+def submit(folder: str, job, raw: dict, prefix: str, minutes: int | None = None):
+    """Submit `job` (a `TrainingJob`) of ER on `raw` into `prefix`; its log under `folder`."""
+    paths = [TESTS, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)  # the job imports us
+    executor = executors.make_executor(options(minutes), os.path.join(folder, "%j"))
+    return executor.submit(job, "ER", raw, prefix, 0, False, False)
+
+
+def wait_for_result(handle, timeout: float):
+    """The job's result once its result file is written (no `sacct` on the test cluster)."""
+    deadline = time.time() + timeout
+    while not handle.paths.result_pickle.exists():
+        assert time.time() < deadline, f"job {handle.job_id} gave no result in {timeout} s"
+        time.sleep(1.0)
+    return handle.result()
+
+
+def start_background(raw: dict) -> None:
+    """Submit the time-limit test's job, if a cluster answers (see `conftest.py`)."""
+    if not cluster_answers():
+        return
+    folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
+    prefix = os.path.join(folder, "run")
+    handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
+    BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+
+
+def background_job():
+    """(handle, config, prefix) of the session's background job."""
+    return BACKGROUND["handle"], BACKGROUND["raw"], BACKGROUND["prefix"]
+
+
+def cancel_background() -> None:
+    """A background job still queued when the session ends (a test selection that skipped its
+    test) is cancelled, not left to run."""
+    if BACKGROUND and not BACKGROUND["handle"].paths.result_pickle.exists():
+        subprocess.run(["scancel", BACKGROUND["handle"].job_id], check=False)
+
+
+def read_records(out_dir) -> dict:
+    """The final stage's SLURM jobs as the driver recorded them."""
+    return executors.read_records(executors.records_path(str(out_dir), "final"))
