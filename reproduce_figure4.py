@@ -158,6 +158,7 @@ def run_plot(args) -> None:
     folder = plan.final_dir(the_plan.out_dir, the_plan.hyperparameters)
     lines = figure.save_figure(path, folder, args.agents, args.envs, args.regimes, args.window)
     print(f"plot: {lines} curves from {folder} -> {path}")
+    print("\n".join(figure.ranking_lines(folder, args.agents, args.envs, args.regimes)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,16 +181,22 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{flag}",
             nargs="+",
             choices=list(names),
-            default=list(names),
             metavar=flag[:-1].upper(),
-            help=f"cells' {flag} (default all: {' '.join(names)})",
+            help=f"cells' {flag} (default all: {' '.join(names)}; --laptop: its own)",
         )
     p.add_argument(
         "--out-dir",
-        help="where every output and log lands (default figure4_runs, "
-        "or figure4_quick with --quick)",
+        help="where every output and log lands (default figure4_runs; figure4_quick with "
+        "--quick, figure4_laptop with --laptop)",
     )
-    p.add_argument("--quick", action="store_true", help="toy sizes: every stage in minutes")
+    sizes = p.add_mutually_exclusive_group()
+    sizes.add_argument("--quick", action="store_true", help="toy sizes: every stage in minutes")
+    sizes.add_argument(
+        "--laptop",
+        action="store_true",
+        help="the comparison at laptop size: the five agents on PanFlute, high data, 8 seeds, "
+        "15 000 steps (about an hour on 2 cores)",
+    )
     p.add_argument(
         "--estimate",
         action="store_true",
@@ -290,7 +297,7 @@ def resolve(args) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
     if args.executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch not found: this is not a SLURM login node")
-    preset = PRESETS["quick"] if args.quick else plan.FULL
+    preset = PRESETS["quick"] if args.quick else PRESETS["laptop"] if args.laptop else plan.FULL
     step_sizes = tuple(args.step_sizes or preset.step_sizes)
     temperatures = tuple(args.temperatures or preset.temperatures)
     for flag, values in (("step-sizes", step_sizes), ("temperatures", temperatures)):
@@ -323,7 +330,14 @@ def resolve(args) -> argparse.Namespace:
         args.accept_version_change,
     )
     stages = [stage for stage in STAGES if stage in args.stage]
-    return argparse.Namespace(**vars(args), plan=the_plan, options=options, stages=stages)
+    cells = {
+        "agents": args.agents or list(AGENTS),
+        "envs": args.envs or list(preset.envs),
+        "regimes": args.regimes or list(preset.regimes),
+    }
+    return argparse.Namespace(
+        **{**vars(args), **cells}, plan=the_plan, options=options, stages=stages
+    )
 
 
 def check_out_dir(out_dir: str) -> None:

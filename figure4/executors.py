@@ -173,7 +173,8 @@ def run_inline(jobs: list[Job], options: Options) -> list[str]:
         print(f"{job.stage} {job.cell.name} ({i}/{len(jobs)}): running", flush=True)
         start = time.time()
         try:
-            message = TrainingJob()(*job_arguments(job, options, quiet=True))
+            # Not quiet: each job's progress shows (its bar on a terminal, a line per evaluation).
+            message = TrainingJob()(*job_arguments(job, options, quiet=False))
         except RunInterruptedError as error:
             raise DriverStoppedError(
                 f"{job.stage} {job.cell.name}: {error}; run the same command again to go on",

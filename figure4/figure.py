@@ -1,16 +1,21 @@
 """The Figure 4 layout: one row per data regime, one column per environment, one line per agent
 (its final runs' mean over seeds with a 95% bootstrap band, diverged seeds left out), drawn with
-`plot_metric.py`'s own curves."""
+`plot_metric.py`'s own curves; and what the figure shows in numbers (`ranking_lines`): each
+panel's agents ranked by the area under their curves, and which of them differ beyond their
+intervals."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import NamedTuple
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.lines import Line2D
 
 import plot_metric
+import sweep_summary
 from agent_registry import AGENTS
 from figure4.plan import ENVIRONMENTS, METRIC, Cell
 from training.results import ResultsError
@@ -84,4 +89,62 @@ def save_figure(path: str, folder: str, agents, envs, regimes, window=None) -> i
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return lines
+
+
+class AgentScore(NamedTuple):
+    """An agent's area under the curve in one panel."""
+
+    agent: str
+    score: float  # the return averaged over the run's evaluations, then over seeds
+    low: float  # 95% bootstrap interval over seeds
+    high: float
+    seeds: int
+
+
+def panel_scores(folder: str, agents, env: str, regime: str) -> list[AgentScore]:
+    """The panel's agents with a readable output, best first, scored as `sweep_summary` scores
+    a grid point (diverged seeds stay in: their returns are what the agent achieved)."""
+    scores = []
+    for agent in agents:
+        path = os.path.join(folder, f"{Cell(agent, env, regime).name}.out")
+        if not os.path.exists(path):
+            continue
+        try:  # an unreadable file was reported by the figure already
+            point = sweep_summary.score_point(sweep_summary.load_run(path, METRIC), [])
+        except ResultsError:
+            continue
+        if np.isfinite(point.score):
+            scores.append(AgentScore(agent, point.score, point.low, point.high, point.num_seeds))
+    return sorted(scores, key=lambda s: -s.score)
+
+
+def ranking_lines(folder: str, agents, envs, regimes) -> list[str]:
+    """Per panel: the agents ranked by area under the curve with their intervals, and the pairs
+    of agents whose intervals do not overlap."""
+    lines = []
+    for regime in regimes:
+        for env in envs:
+            scores = panel_scores(folder, agents, env, regime)
+            if not scores:
+                continue
+            fmt = sweep_summary.number_format(scores).format
+            lines.append(
+                f"{env}, {regime} data: area under the curve (return averaged over evaluations "
+                "and seeds; 95% bootstrap interval over seeds), best first:"
+            )
+            for rank, s in enumerate(scores, start=1):
+                lines.append(
+                    f"  {rank}. {AGENTS[s.agent].label}: {fmt(s.score)} "
+                    f"[{fmt(s.low)}, {fmt(s.high)}] over {s.seeds} seeds"
+                )
+            apart = [
+                f"{AGENTS[a.agent].label} > {AGENTS[b.agent].label}"
+                for i, a in enumerate(scores)
+                for b in scores[i + 1 :]
+                if a.low > b.high
+            ]
+            lines.append(
+                "  beyond their intervals: " + ("; ".join(apart) or "no two agents differ")
+            )
     return lines

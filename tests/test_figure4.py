@@ -128,30 +128,57 @@ def test_parser_reads_flattened_rows():
     }
 
 
+def assert_cell_of_the_table(raw: dict, cell: tuple, table: dict, sizes: dict | None = None):
+    """`raw` is the cell's config as the seed README's table and SPEC §2 make it: the agent's
+    shipped config, moved to the cell, at the table's values; `sizes` name the keys a preset
+    changes, and their values."""
+    agent, env, regime = cell
+    step, temp = table[cell]
+    name, sizes = f"{agent}_{env}_{regime}", sizes or {}
+    shipped = load_json(os.path.join(ROOT, "configs", SHIPPED[agent]))
+    assert raw[STEP_KEY[agent]] == step, name
+    assert raw["softmax_temp"] == temp, name
+    assert raw["environment"] == env, name
+    assert raw["episodic_env"] is (env == "ProcMaze"), name
+    assert raw["env_config"] == ({"grid_size": 4} if env == "ProcMaze" else {}), name
+    for key, value in (LOW if regime == "low" else HIGH).items():
+        expected = sizes.get(key, value)
+        assert raw.get(key, 1 if key == "updates_per_step" else None) == expected, (name, key)
+    if STEP_KEY[agent] == "Q_alpha":
+        assert raw["model_alpha"] == 2e-4, name
+        assert "alpha_adam" not in raw, name
+    else:
+        assert "Q_alpha" not in raw and "model_alpha" not in raw, name
+    cell_keys = {STEP_KEY[agent], "softmax_temp", "environment", "episodic_env", "env_config"}
+    rest = set(raw) - cell_keys - set(LOW)
+    assert {k: raw[k] for k in rest} == {k: sizes.get(k, shipped[k]) for k in rest}, name
+    assert set(shipped) - set(raw) == set(), name
+
+
 def test_committed_configs_match_the_seed_readme_table():
     table = seed_table()
     assert len(table) == 30
     assert {Cell(*cell) for cell in table} == set(f4.all_cells())
-    for (agent, env, regime), (step, temp) in table.items():
-        name = f"{agent}_{env}_{regime}"
-        raw = load_json(os.path.join(ROOT, "configs", "figure4", f"{name}.json"))
-        shipped = load_json(os.path.join(ROOT, "configs", SHIPPED[agent]))
-        assert raw[STEP_KEY[agent]] == step, name
-        assert raw["softmax_temp"] == temp, name
-        assert raw["environment"] == env, name
-        assert raw["episodic_env"] is (env == "ProcMaze"), name
-        assert raw["env_config"] == ({"grid_size": 4} if env == "ProcMaze" else {}), name
-        for key, value in (LOW if regime == "low" else HIGH).items():
-            assert raw.get(key, 1 if key == "updates_per_step" else None) == value, (name, key)
-        if STEP_KEY[agent] == "Q_alpha":
-            assert raw["model_alpha"] == 2e-4, name
-            assert "alpha_adam" not in raw, name
-        else:
-            assert "Q_alpha" not in raw and "model_alpha" not in raw, name
-        cell_keys = {STEP_KEY[agent], "softmax_temp", "environment", "episodic_env", "env_config"}
-        rest = set(raw) - cell_keys - set(LOW)
-        assert {k: raw[k] for k in rest} == {k: shipped[k] for k in rest}, name
-        assert set(shipped) - set(raw) == set(), name
+    for agent, env, regime in table:
+        raw = load_json(os.path.join(ROOT, "configs", "figure4", f"{agent}_{env}_{regime}.json"))
+        assert_cell_of_the_table(raw, (agent, env, regime), table)
+
+
+# The laptop preset's size keys, as the README documents them.
+LAPTOP_SIZES = {"num_seeds": 8, "num_steps": 15000, "eval_frequency": 250}
+
+
+def test_the_laptop_preset_is_the_tables_cells_but_its_size_keys():
+    table = seed_table()
+    args = r4.resolve(r4.build_parser().parse_args(["--laptop"]))
+    assert (args.envs, args.regimes, args.stages) == (["PanFlute"], ["high"], ["final", "plot"])
+    assert args.agents == list(AGENTS) and args.plan.out_dir.endswith("figure4_laptop")
+    for agent in args.agents:
+        job = f4.final_job(Cell(agent, "PanFlute", "high"), args.plan)
+        assert_cell_of_the_table(job.raw, (agent, "PanFlute", "high"), table, LAPTOP_SIZES)
+        committed = load_json(f4.config_path(Cell(agent, "PanFlute", "high")))
+        changed = {key for key in committed if job.raw[key] != committed[key]}
+        assert changed == set(LAPTOP_SIZES) and job.raw.keys() == committed.keys()
 
 
 def test_committed_configs_are_what_the_generator_writes():
@@ -502,3 +529,28 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
     setup = experiment.prepare("ER", AGENTS["ER"].build_agent, raw)
     restored = checkpoint.load(prefix + ".ckpt", setup.cfg, setup.shapes, setup.provenance)
     assert 0 < restored.progress.chunks_done < 400
+
+
+def test_the_laptop_preset_scaled_down_runs_its_stages_and_ranks_the_agents(
+    tmp_path, capsys, monkeypatch
+):
+    """The preset's own stages (final, plot) for two agents at toy sizes, then the ranking."""
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")
+    flags = ["--laptop", "--agents", "ER", "perfect_model", "--out-dir", str(tmp_path)]
+    args = r4.resolve(r4.build_parser().parse_args(flags))
+    laptop = args.plan.preset
+    toy = laptop._replace(sizes={**PRESETS["quick"].sizes, **{"num_steps": 400, "num_seeds": 3}})
+    args.plan = args.plan._replace(preset=toy)
+    r4.run(args)
+    out = capsys.readouterr().out
+    assert "final ER_PanFlute_high: done" in out and "plot: 2 curves" in out
+    assert (tmp_path / "figure4.png").read_bytes()[:4] == b"\x89PNG"
+    ranking = out[out.index("PanFlute, high data: area under the curve") :].splitlines()
+    assert ranking[1].startswith("  1. ") and ranking[2].startswith("  2. ")
+    assert {ranking[1].split(":")[0][5:], ranking[2].split(":")[0][5:]} == {"ER", "perfect model"}
+    assert " over 3 seeds" in ranking[1] and ranking[3].startswith("  beyond their intervals: ")
+    scores = figure.panel_scores(
+        str(tmp_path / "final"), ["ER", "perfect_model"], "PanFlute", "high"
+    )
+    assert [s.score for s in scores] == sorted((s.score for s in scores), reverse=True)
+    assert all(s.low <= s.score <= s.high for s in scores)

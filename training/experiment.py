@@ -281,7 +281,8 @@ def train(
     first = progress.chunks_done  # 0, or where the checkpoint left off
     saved_at = first * chunk_steps if restored else None  # the step of the last checkpoint
     chunks = range(first, num_chunks)
-    bar = tqdm(chunks, initial=first, total=num_chunks, disable=quiet, dynamic_ncols=True)
+    # The bar only on a terminal (None): a job's log gets the evaluation lines, not the bar.
+    bar = tqdm(chunks, initial=first, total=num_chunks, disable=quiet or None, dynamic_ncols=True)
     try:
         with StopSignals() as stop:
             for i in bar:
