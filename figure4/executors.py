@@ -367,14 +367,12 @@ def run_submitit(jobs: list[Job], options: Options, out_dir: str) -> list[str]:
     group = options.parallel if options.executor == "local" else max(1, len(to_submit))
     failures, entries = [], list(attached)
     try:
-        if not to_submit:
-            return wait(entries, options)
         for start in range(0, len(to_submit), group):
             entries += submit(to_submit[start : start + group], options, out_dir)
-            if options.executor == "local" or start + group >= len(to_submit):
+            if options.executor == "local":  # each group before the next
                 failures += wait(entries, options)
                 entries = []
-        return failures
+        return failures + wait(entries, options)
     except DriverStoppedError as stopped:
         if options.executor == "local":
             count = stop_local_jobs(entries)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from conftest import (
 import agents
 import environments
 import train_ER_DQN
-from training import compilation, config, experiment, files, loop, saved_programs
+from training import compilation, config, experiment, files, loop, provenance, saved_programs
 
 # ------------------------------------------------------------------------------------------
 # Config validation: one line naming the key, before anything is compiled
@@ -339,6 +340,39 @@ def test_program_key_follows_the_compiled_part_of_the_config():
         assert saved_programs.program_key({**cfg, **other}, sharding) != key
     # a grid of another size has other shapes
     assert saved_programs.program_key({**cfg, "gamma": [0.5, 0.9]}, sharding, 2) != key
+
+
+def test_program_key_follows_every_source_file_a_program_runs_and_the_libraries(
+    tmp_path, monkeypatch
+):
+    """A copy of the project: an edit to any module a run executes (an agent, an environment,
+    the run machinery) changes the saved programs' key and the project's version; an edit to a
+    plotting or driver script does not; nor does anything but a new haiku or optax."""
+    shutil.copytree(ROOT, tmp_path / "copy", ignore=shutil.ignore_patterns("tests", ".*", "*.png"))
+    root = tmp_path / "copy"
+    monkeypatch.setattr(provenance, "ROOT", str(root))
+    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
+    sharding = compilation.pair_sharding(1, cfg["num_seeds"])
+    key, version = saved_programs.program_key(cfg, sharding), provenance.project_version()
+    assert "training/loop.py" in provenance.source_files()
+    for tool in ("plot_metric.py", "reproduce_figure4.py", "figure4/plan.py"):
+        with open(root / tool, "a") as f:
+            f.write("\n# an edit\n")
+        assert saved_programs.program_key(cfg, sharding) == key, tool
+    for source in ("agents.py", "environments.py", "training/loop.py", "replay_buffer.py"):
+        with open(root / source, "a") as f:
+            f.write("\n# an edit\n")
+        new_key, new_version = (
+            saved_programs.program_key(cfg, sharding),
+            provenance.project_version(),
+        )
+        assert new_key != key and new_version != version, source
+        key, version = new_key, new_version
+    for library in ("haiku", "optax"):
+        versions = {**provenance.library_versions(), library: "99.0"}
+        with monkeypatch.context() as patch:
+            patch.setattr(provenance, "library_versions", lambda v=versions: v)
+            assert saved_programs.program_key(cfg, sharding) != key, library
 
 
 def test_stale_observation_after_terminal_is_quirk_q1():

@@ -348,3 +348,23 @@ def test_tick_labels_are_as_given_unless_too_long():
     assert sweep_summary.tick_labels(powers) == ["1.526e-05", "0.0001221"]
     close = [1.0000001e-05, 1.0000002e-05]  # shortening would merge them: keep them exact
     assert sweep_summary.tick_labels(close) == [repr(v) for v in close]
+
+
+def test_keys_only_the_host_loop_reads_are_never_axes_and_are_named(tmp_path, capsys):
+    """Runs of different lengths and checkpoint intervals: the axis is the step size alone, and a
+    note names the host-only keys that differ (not advice to extend the grid along them)."""
+    paths = [
+        write_point(tmp_path, -5.0, alpha_adam=1e-4, num_steps=1000, checkpoint_frequency=100),
+        write_point(tmp_path, -9.0, alpha_adam=5e-5, num_steps=2000, checkpoint_frequency=200),
+    ]
+    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", minimize=False)
+    assert axes == ["alpha_adam"]
+    lines = sweep_summary.report_lines(runs, axes, ranked)
+    assert (
+        "note: the runs differ in checkpoint_frequency (100, 200), which is not a grid axis"
+        in lines
+    )
+    assert "note: the runs differ in num_steps (1000, 2000), which is not a grid axis" in lines
+    assert not any("checkpoint_frequency is the" in line for line in lines)
+    # The Figure 4 driver hands over the axes its tune job built: nothing is worked out again.
+    assert sweep_summary.summarise(paths, "reward_rates", False, axes=["alpha_adam"])[1] == axes
