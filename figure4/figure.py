@@ -54,8 +54,9 @@ def draw_figure(folder: str, agents, envs, regimes, window=None):
     """One row per regime, one column per environment, one line per agent whose final output
     exists; a panel without any says so. Returns the matplotlib figure."""
     colours = {agent: f"C{i}" for i, agent in enumerate(AGENTS)}  # the same in every panel
+    width = max(4.6 * len(envs), 8.0)  # room for the legend under a single panel too
     fig, axes = plt.subplots(
-        len(regimes), len(envs), figsize=(4.6 * len(envs), 3.6 * len(regimes)), squeeze=False
+        len(regimes), len(envs), figsize=(width, 3.6 * len(regimes)), squeeze=False
     )
     drawn = set()
     for row, regime in enumerate(regimes):
@@ -76,9 +77,13 @@ def draw_figure(folder: str, agents, envs, regimes, window=None):
             ax.grid(True, alpha=0.3)
     shown = [agent for agent in AGENTS if agent in drawn]
     handles = [Line2D([], [], color=colours[agent], linewidth=2) for agent in shown]
+    columns = min(len(shown), int(width // 2.6)) or 1  # about 2.6 inches a label
+    rows = -(-len(shown) // columns)
     if handles:
-        fig.legend(handles, [AGENTS[a].label for a in shown], loc="lower center", ncol=len(shown))
-    fig.tight_layout(rect=(0, 0.07 if handles else 0, 1, 1))
+        labels = [AGENTS[a].label for a in shown]
+        fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
+    legend_height = 0.3 * rows / fig.get_figheight()  # inches per row of labels
+    fig.tight_layout(rect=(0, legend_height + 0.01 if handles else 0, 1, 1))
     return fig
 
 

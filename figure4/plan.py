@@ -288,12 +288,15 @@ def output_state(output: Output, versions: dict) -> str:
     code and its libraries (`provenance.versions()`) wrote it; OTHER_VERSION: all of that but
     the last; UNFINISHED otherwise."""
     expected = output.expected
-    evaluations = expected["num_steps"] // expected["eval_frequency"]
-    if not results.is_complete(output.path, evaluations):
+    try:
+        record = results.load_out(output.path)
+    except results.ResultsError:  # missing, cut short, damaged
         return UNFINISHED
-    record = results.load_out(output.path)
+    evaluations = expected["num_steps"] // expected["eval_frequency"]
     saved = results.out_config(record)
-    if not all(key in saved and same_value(value, saved[key]) for key, value in expected.items()):
+    if len(record["metrics"].get(results.TIMES_KEY, [])) != evaluations or not all(
+        key in saved and same_value(value, saved[key]) for key, value in expected.items()
+    ):
         return UNFINISHED
     produced_by = record.get(results.PROVENANCE_KEY, {})
     same = all(produced_by.get(key) == value for key, value in versions.items())
