@@ -649,8 +649,9 @@ def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path, c
     text = shipped_er_text(buffer_size=100_000_000)
     code, lines = main_er(tmp_path, capsys, monkeypatch, text, "--quiet")
     assert code == 2 and len(lines) == 1, lines
-    assert "buffer_size: the training state needs 75.0" in lines[0], lines
-    assert "(replay buffers 75.00 GB) for 30 seeds, more than the" in lines[0]
+    assert "buffer_size: the run needs 75.0" in lines[0], lines
+    assert "(training state 75.0" in lines[0] and "(replay buffers 75.00 GB)" in lines[0]
+    assert "for 30 seeds), more than the" in lines[0]
     assert "GB of this machine's available memory" in lines[0]
     assert sorted(os.listdir(tmp_path)) == ["bad.json"]
 
@@ -659,7 +660,8 @@ def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypa
     raw = tiny_config("ER", num_steps=100, save_params=False)
     code, lines = main_er(tmp_path, capsys, monkeypatch, json.dumps(raw))
     assert code == 0
-    assert "memory: training state 0.00 GB (replay buffers 0.00 GB) for 2 seeds;" in lines[0]
+    assert lines[0].startswith("memory: training state 0.00 GB (replay buffers 0.00 GB), metrics ")
+    assert ", the compiled loop's temporaries 0.00 GB for 2 seeds;" in lines[0]
 
 
 def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(

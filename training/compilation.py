@@ -202,21 +202,42 @@ def available_memory(devices) -> tuple[int, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"), "this machine's free memory"
 
 
-def check_memory(shapes, devices=None) -> str:
-    """Raise `ConfigError` when a training state of these `state_shapes` ([G, S] in front)
-    cannot fit on the devices that will hold it; else return a line for the start-up log saying
-    how much it takes."""
+def metrics_bytes(evaluations: int, num_points: int, num_seeds: int, diagnostics: int) -> int:
+    """Host bytes of a run's metrics: per evaluation and pair, the return and each diagnostic
+    (float32) and the diverged flag (bool); twice, since writing a checkpoint stacks a copy."""
+    return 2 * evaluations * num_points * num_seeds * (4 * (1 + diagnostics) + 1)
+
+
+def temporaries_bytes(compiled, num_devices: int) -> int:
+    """What a compiled function needs beside its arguments and outputs, as XLA reports it (per
+    device), on all the devices that run it."""
+    analysis = compiled.memory_analysis()
+    return 0 if analysis is None else analysis.temp_size_in_bytes * num_devices
+
+
+def check_memory(shapes, devices=None, metrics: int = 0, temporaries: int | None = None) -> str:
+    """Raise `ConfigError` when a training state of these `state_shapes` ([G, S] in front),
+    with what the run holds beside it, cannot fit on the devices that will hold it; else return
+    a line for the start-up log saying how much it takes. Beside the state: on a CPU (whose
+    devices share the host's memory) the run's `metrics`, and, once the loop is compiled, its
+    `temporaries` (on a CPU running grid points one after another, about 1.2 times the state)."""
     num_points, num_seeds = jax.tree.leaves(shapes)[0].shape[:2]
-    total, buffers = training_state_bytes(shapes)
+    state, buffers = training_state_bytes(shapes)
     used = list(pair_sharding(num_points, num_seeds, devices).mesh.devices.flat)
     available, where = available_memory(used)
+    metrics = metrics if used[0].platform == "cpu" else 0  # a GPU run's metrics are the host's
+    total = state + metrics + (temporaries or 0)
     points = f" x {num_points} grid points" if num_points > 1 else ""
     gb = 1e9  # decimal gigabytes, as `free --giga` and most people count them
-    sizes = f"{total / gb:.2f} GB (replay buffers {buffers / gb:.2f} GB)"
-    need = f"{sizes} for {num_seeds} seeds{points}"
+    parts = [f"training state {state / gb:.2f} GB (replay buffers {buffers / gb:.2f} GB)"]
+    if metrics:
+        parts.append(f"metrics {metrics / gb:.2f} GB")
+    if temporaries is not None:
+        parts.append(f"the compiled loop's temporaries {temporaries / gb:.2f} GB")
+    need = f"{', '.join(parts)} for {num_seeds} seeds{points}"
     if total > available:
         raise config.ConfigError(
-            f"buffer_size: the training state needs {need}, more than the "
+            f"buffer_size: the run needs {total / gb:.2f} GB ({need}), more than the "
             f"{available / gb:.1f} GB of {where}; lower buffer_size, num_seeds or the grid"
         )
-    return f"memory: training state {need}; {available / gb:.1f} GB in {where}"
+    return f"memory: {need}; {available / gb:.1f} GB in {where}"

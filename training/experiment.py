@@ -31,7 +31,9 @@ from training.compilation import (
     check_memory,
     compile_run,
     enable_compilation_cache,
+    metrics_bytes,
     state_shapes,
+    temporaries_bytes,
 )
 from training.loop import Agent
 from training.schema import checkpoint_every
@@ -68,7 +70,7 @@ class Setup(NamedTuple):
     axes: dict[str, list]  # the grid's axes ({} without a grid)
     hp: HParams  # the traced hyperparameters of every point, leaves [G]
     shapes: Any  # the training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front
-    memory: str  # the start-up log's line on the memory the state needs
+    metrics: int  # host bytes of the run's metrics (`compilation.metrics_bytes`)
     warnings: list[str]  # lines for a config that cannot do what it seems to say
     provenance: dict  # what produces the run's files (`provenance.record`)
 
@@ -98,14 +100,15 @@ def prepare(agent_type: str, build_agent: BuildAgent, cfg, seed: int = 0) -> Set
         agent = build_agent(cfg, env)
         points, axes = config.grid_points(cfg), config.grid_axes(cfg)
         shapes = state_shapes(agent, env, len(points), cfg["num_seeds"])
-        memory = check_memory(shapes)
+        evaluations = cfg["num_steps"] // cfg["eval_frequency"]
+        metrics = metrics_bytes(evaluations, len(points), cfg["num_seeds"], len(agent.diagnostics))
+        check_memory(shapes, metrics=metrics)  # before compiling; again after (`compile_chunk`)
     except config.ConfigError as error:
         raise RunError(f"{where}config error: {error}") from None
     hp = config.grid_hyperparameters(points)
     produced_by = provenance.record(jax.devices()[0].device_kind)
-    return Setup(
-        cfg, env, agent, points, axes, hp, shapes, memory, config.warnings(cfg), produced_by
-    )
+    warnings = config.warnings(cfg)
+    return Setup(cfg, env, agent, points, axes, hp, shapes, metrics, warnings, produced_by)
 
 
 def compile_setup(setup: Setup, program_dir: str | None = None, agent=None) -> CompiledRun:
@@ -249,8 +252,6 @@ def train(
     num_seeds, chunk_steps = cfg["num_seeds"], cfg["eval_frequency"]
     num_chunks = cfg["num_steps"] // chunk_steps
     checkpoint_path = f"{output}.ckpt"
-    if not quiet:
-        print(setup.memory, file=sys.stderr)
     restored = None
     if resume and checkpoint.exists(checkpoint_path):
         try:
@@ -273,6 +274,7 @@ def train(
     else:
         state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
         progress = restored.progress
+    chunk = compile_chunk(setup, run, state, quiet)
 
     history, eval_times = progress.history, progress.eval_times
     steps_since_save, steps_since_checkpoint = progress.steps_since_save, 0
@@ -291,7 +293,7 @@ def train(
                     save_params(params_paths, agent, state.learner)
                     steps_since_save = 0
                 train_now = t0 >= cfg["training_start_time"]
-                state, report = run.chunk(state, jnp.int32(t0), jnp.bool_(train_now), setup.hp)
+                state, report = chunk(state, jnp.int32(t0), jnp.bool_(train_now), setup.hp)
                 keys = jax.random.split(jax.random.fold_in(eval_key, i), num_seeds)
                 scores = np.asarray(run.evaluate(state.learner, keys, setup.hp), np.float32)
                 record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
@@ -331,6 +333,20 @@ def train(
     records = [point_record(setup, eval_times, history, g) for g in range(len(points))]
     outs = [f"{p}.out" for p in prefixes]
     return Written(outs, records, params_paths, checkpoint_path, num_chunks - first)
+
+
+def compile_chunk(setup: Setup, run: CompiledRun, state, quiet: bool):
+    """The chunk, compiled before it first runs, so that the memory check can count what XLA
+    says the loop needs beside the state; the start-up log says how much the run takes."""
+    chunk = run.chunk.lower(state, jnp.int32(0), jnp.bool_(True), setup.hp).compile()
+    temporaries = temporaries_bytes(chunk, len(run.pairs.mesh.devices.flat))
+    try:
+        memory = check_memory(setup.shapes, metrics=setup.metrics, temporaries=temporaries)
+    except config.ConfigError as error:
+        raise RunError(f"config error: {error}") from None
+    if not quiet:
+        print(memory, file=sys.stderr)
+    return chunk
 
 
 def point_record(setup: Setup, eval_times, history, g: int) -> dict:

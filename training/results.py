@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import operator
-import os
 import pickle
 import types
 import warnings
@@ -122,6 +121,13 @@ _NUMPY = {
     "scalar": np._core.multiarray.scalar,
     "_frombuffer": np._core.numeric._frombuffer,
 }
+_NUMPY_MODULES = (
+    "numpy",
+    "numpy._core.multiarray",
+    "numpy._core.numeric",
+    "numpy.core.multiarray",
+    "numpy.core.numeric",
+)
 ALLOWED = {
     ("types", "SimpleNamespace"): types.SimpleNamespace,
     ("builtins", "set"): set,
@@ -130,13 +136,7 @@ ALLOWED = {
     ("jax._src.array", "_reconstruct_array"): _jax_array,
     ("_operator", "pos"): operator.pos,
     ("operator", "pos"): operator.pos,
-    **{(module, name): value for module in ("numpy",) for name, value in _NUMPY.items()},
-    **{
-        (f"numpy.{core}.{part}", name): value
-        for core in ("_core", "core")
-        for part in ("multiarray", "numeric")
-        for name, value in _NUMPY.items()
-    },
+    **{(module, name): value for module in _NUMPY_MODULES for name, value in _NUMPY.items()},
 }
 
 
@@ -198,16 +198,6 @@ def out_config(record: dict) -> dict:
     """The config a `.out` record holds, as a dict ({} when it holds none)."""
     config = record.get("config")
     return dict(vars(config)) if isinstance(config, types.SimpleNamespace) else {}
-
-
-def is_complete(path: str, evaluations: int) -> bool:
-    """The `.out` at `path` loads and holds `evaluations` evaluations."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        return len(load_out(path)["metrics"].get(TIMES_KEY, [])) == evaluations
-    except ResultsError:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
