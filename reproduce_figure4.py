@@ -71,6 +71,11 @@ def write_if_changed(path: str, text: str) -> None:
         f.write(text)
 
 
+def done(other_versions: str) -> tuple[str, ...]:
+    """The output states that count as finished: another version's too with `keep`."""
+    return (plan.FINISHED, plan.OTHER_VERSION) if other_versions == "keep" else (plan.FINISHED,)
+
+
 def pending_jobs(jobs: list[Job], args) -> list[Job]:
     """The jobs whose outputs are not finished. Outputs of another version of the code or its
     libraries are listed and, as `--other-versions` says, stop the driver (the default), count
@@ -88,8 +93,7 @@ def pending_jobs(jobs: list[Job], args) -> list[Job]:
     if args.other_versions == "redo":
         for job in others:  # from step 0: their checkpoints are that version's too
             checkpoint.remove(job.prefix + ".ckpt")
-    done = plan.FINISHED, *((plan.OTHER_VERSION,) if args.other_versions == "keep" else ())
-    pending = [job for job in jobs if states[job.prefix] not in done]
+    pending = [job for job in jobs if states[job.prefix] not in done(args.other_versions)]
     if len(pending) < len(jobs):
         print(f"{jobs[0].stage}: {len(jobs) - len(pending)} of {len(jobs)} jobs already finished")
     return pending
@@ -117,8 +121,8 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     job = plan.tune_job(cell, the_plan)
     versions = provenance.versions()
     states = [plan.output_state(output, versions) for output in job.outputs]
-    done = plan.FINISHED, *((plan.OTHER_VERSION,) if other_versions == "keep" else ())
-    finished = [out.path for out, state in zip(job.outputs, states, strict=True) if state in done]
+    counted = done(other_versions)
+    finished = [out.path for out, st in zip(job.outputs, states, strict=True) if st in counted]
     others = states.count(plan.OTHER_VERSION) if other_versions != "keep" else 0
     if not finished:
         return f"{cell.name}: no finished tune outputs in {os.path.dirname(job.prefix)}"

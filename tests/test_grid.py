@@ -13,7 +13,7 @@ from conftest import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
 
 import environments
 import train_ER_DQN
-from training import compilation, config, loop
+from training import compilation, config, experiment, loop
 
 # ------------------------------------------------------------------------------------------
 # Grids in the config
@@ -116,7 +116,8 @@ def grid_and_single_runs(tmp_path_factory):
 def test_a_grid_writes_one_standard_out_and_params_per_point(grid_and_single_runs):
     tmp_path, grid, singles = grid_and_single_runs
     assert grid.returncode == 0, grid.stderr[-3000:]
-    assert "best=alpha_adam=" in grid.stderr  # the bar shows the best point
+    assert "returns (best point alpha_adam=" in grid.stdout  # the log names the best point
+    assert "it/s" not in grid.stderr  # no bar written into a log (stderr is not a terminal)
     for name in singles:
         out = load_pickle(tmp_path / f"grid_{name}.out")
         cfg = out["config"]
@@ -247,3 +248,26 @@ def test_loop_runs_a_block_of_pairs_with_their_own_hyperparameters():
     np.testing.assert_array_equal(
         fn(x, {"scale": jnp.array([1.0, 10.0])}), [[0, 1, 2], [30, 40, 50]]
     )
+
+
+class RecordingBar:
+    """What a tqdm bar is told (a real one draws only on a terminal)."""
+
+    def __init__(self):
+        self.postfix, self.lines = None, []
+
+    def set_postfix(self, **postfix):
+        self.postfix = postfix
+
+    def write(self, line):
+        self.lines.append(line)
+
+
+def test_the_bar_shows_the_best_points_mean_return():
+    points = [{"alpha_adam": 1e-3}, {"alpha_adam": 3e-3}]
+    axes = {"alpha_adam": [1e-3, 3e-3]}
+    scores = np.array([[-10.0, -12.0], [-4.0, -6.0]], np.float32)
+    bar = RecordingBar()
+    experiment.show_progress(bar, False, 500, scores, points, axes)
+    assert bar.postfix == {"time": 500, "best": "alpha_adam=0.003 -5.000"}
+    assert bar.lines == ["t=500 returns (best point alpha_adam=0.003): -4.000 -6.000"]
