@@ -170,6 +170,19 @@ def test_resuming_with_another_config_names_the_difference(tmp_path, change, exp
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
 
 
+def test_a_checkpoint_from_before_a_key_existed_resumes_at_its_default_only(tmp_path):
+    older = {**config.validate_config(tiny_config("ER"), "ER"), "agent_type": "ER", "seed": 0}
+    del older["matmul_precision"]  # as written before the key existed
+    state = {"w": np.zeros((1, 2, 3), np.float32)}
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    path = str(tmp_path / "old.ckpt")
+    checkpoint.save(path, older, state, checkpoint.Progress(1, 50, [0], {}), PROVENANCE)
+    current = {**older, "matmul_precision": "default"}
+    assert checkpoint.load(path, current, shapes, PROVENANCE).progress.chunks_done == 1
+    with pytest.raises(checkpoint.CheckpointError, match='matmul_precision="default", the co'):
+        checkpoint.load(path, {**current, "matmul_precision": "float32"}, shapes, PROVENANCE)
+
+
 def test_a_state_of_another_layout_is_refused(tmp_path):
     path, cfg, _, shapes, _ = small_checkpoint(tmp_path)
     other = {**shapes, "w": jax.ShapeDtypeStruct((1, 2, 4), np.float32)}

@@ -26,7 +26,16 @@ from conftest import (
 import agents
 import environments
 import train_ER_DQN
-from training import compilation, config, experiment, files, loop, provenance, saved_programs
+from training import (
+    compilation,
+    config,
+    experiment,
+    files,
+    loop,
+    provenance,
+    results,
+    saved_programs,
+)
 
 # ------------------------------------------------------------------------------------------
 # Config validation: one line naming the key, before anything is compiled
@@ -99,6 +108,7 @@ def test_missing_required_key():
         ("batch_size", 0, "1 <= batch_size"),
         ("b2_adam", 1.0, "b2_adam < 1.0"),
         ("environment", "ProcMase", "did you mean 'ProcMaze'"),
+        ("matmul_precision", "tf32", "expected one of ['default', 'float32']"),
     ],
 )
 def test_bad_values(key, value, expected):
@@ -336,7 +346,12 @@ def test_program_key_follows_the_compiled_part_of_the_config():
     # read only by the Python loop, or traced (an argument of the programs)
     for other in ({"seed": 7}, {"num_steps": 1000}, {"training_start_time": 0}, {"gamma": 0.5}):
         assert saved_programs.program_key({**cfg, **other}, sharding) == key
-    for other in ({"batch_size": 7}, {"double_DQN": True}, {"eval_frequency": 25}):
+    for other in (
+        {"batch_size": 7},
+        {"double_DQN": True},
+        {"eval_frequency": 25},
+        {"matmul_precision": "float32"},
+    ):
         assert saved_programs.program_key({**cfg, **other}, sharding) != key
     # a grid of another size has other shapes
     assert saved_programs.program_key({**cfg, "gamma": [0.5, 0.9]}, sharding, 2) != key
@@ -468,6 +483,33 @@ def test_same_seed_identical_different_seed_differs(tmp_path):
     np.testing.assert_array_equal(rates[0], rates[1])
     assert not np.array_equal(rates[0], rates[2])
     assert not np.array_equal(rates[0][:, 0], rates[0][:, 1])  # seed-axis entries differ too
+
+
+def chunk_program_text(raw: dict) -> str:
+    """The StableHLO of a config's compiled chunk."""
+    cfg = config.validate_config(raw, "ER")
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    run = compilation.compile_run(train_ER_DQN.build_agent(cfg, env), env, cfg)
+    state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))
+    hp = config.grid_hyperparameters([cfg])
+    return run.chunk.lower(state, jnp.int32(0), jnp.bool_(True), hp).as_text()
+
+
+def test_matmul_precision_float32_marks_every_product_and_changes_no_number_on_a_cpu(tmp_path):
+    raw = tiny_config("ER")
+    default = chunk_program_text(raw)
+    float32 = chunk_program_text({**raw, "matmul_precision": "float32"})
+    products = default.count("precision = [DEFAULT, DEFAULT]")
+    assert products >= 6  # the Q network's layers, forward and backward, and the target's
+    assert "HIGHEST" not in default
+    assert float32.count("precision = [HIGHEST, HIGHEST]") == products
+    assert float32.replace("HIGHEST", "DEFAULT") == default  # nothing else differs
+    # A CPU computes float32 products in float32 either way: the same numbers.
+    a, _ = train_er(raw, tmp_path, output="default")
+    b, _ = train_er({**raw, "matmul_precision": "float32"}, tmp_path, output="float32")
+    assert results.out_config(a)["matmul_precision"] == "default"
+    assert results.out_config(b)["matmul_precision"] == "float32"
+    jax.tree.map(np.testing.assert_array_equal, a["metrics"], b["metrics"])
 
 
 def test_params_saved_on_schedule(tmp_path, monkeypatch):

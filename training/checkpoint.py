@@ -23,7 +23,7 @@ import numpy as np
 
 from training import provenance
 from training.files import write_atomic
-from training.schema import MAY_CHANGE_ON_RESUME, same_value
+from training.schema import MAY_CHANGE_ON_RESUME, same_value, setting
 
 FORMAT = 1
 
@@ -179,10 +179,11 @@ def _check_config(path: str, saved: dict, current: dict, chunks_done: int) -> No
     # Only the run's length (to extend a finished run) and how often it checkpoints may change:
     # anything else would make the resumed run a different experiment.
     for key in sorted(set(saved) | set(current)):
-        if key not in MAY_CHANGE_ON_RESUME and not same_value(saved.get(key), current.get(key)):
+        was, now = setting(saved, key), setting(current, key)
+        if key not in MAY_CHANGE_ON_RESUME and not same_value(was, now):
             raise CheckpointError(
-                f"{key}: the checkpoint {path} was written with {key}="
-                f"{json.dumps(saved.get(key))}, the config has {json.dumps(current.get(key))} "
+                f"{key}: the checkpoint {path} was written with {key}={json.dumps(was)}, the "
+                f"config has {json.dumps(now)} "
                 f"(only {' and '.join(sorted(MAY_CHANGE_ON_RESUME))} may change when resuming)"
             )
     done = chunks_done * current["eval_frequency"]

@@ -65,6 +65,18 @@ class CompiledRun(NamedTuple):
     evaluate: Callable  # (learner, keys [S], hp) -> scores [G, S]
 
 
+def with_matmul_precision(fn, precision: str):
+    """`fn` traced with float32 matrix products computed as `matmul_precision` says: JAX reads
+    the setting when it traces a product, so the compiled program carries it (and it is part
+    of the saved program's key, being a config key)."""
+
+    def traced_with_precision(*args):
+        with jax.default_matmul_precision(precision):
+            return fn(*args)
+
+    return traced_with_precision
+
+
 def compile_run(
     agent: loop.Agent,
     env,
@@ -124,6 +136,7 @@ def compile_run(
         return loop.evaluate(agent, env, cfg, learner, key, hp)
 
     evaluate = jax.vmap(jax.vmap(score, in_axes=(0, 0, None)), in_axes=(0, None, 0))
+    precision = cfg["matmul_precision"]
     functions = {
         "init": (init, dict(in_shardings=shared, out_shardings=pairs)),
         # The states are donated so the buffers are updated in place, not copied every chunk.
@@ -136,6 +149,9 @@ def compile_run(
             ),
         ),
         "evaluate": (evaluate, dict(in_shardings=(pairs, shared, by_point), out_shardings=pairs)),
+    }
+    functions = {
+        name: (with_matmul_precision(fn, precision), kw) for name, (fn, kw) in functions.items()
     }
     if program_dir is None:
         jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}

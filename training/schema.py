@@ -164,6 +164,14 @@ SCHEMA: dict[str, Key] = {
     "rollout_batch_size": Key(
         int, None, "size of that batch (required when seperate)", LATENT, low=1
     ),
+    # how float32 matrix products are computed (README, "Matmul precision"); the reference sets
+    # none, so JAX's default: float32 on CPUs and V100s, TF32 on A100/H100-class GPUs
+    "matmul_precision": Key(
+        str,
+        "default",
+        "float32 matrix products: JAX's default or true float32",
+        choices=("default", "float32"),
+    ),
     # switches for the reference's quirks (SPEC §12); defaults reproduce the reference
     "fresh_obs_on_reset": Key(bool, False, "Q1: act on the reset observation after a terminal"),
     "sample_obs_from_sigmoid": Key(
@@ -197,6 +205,15 @@ def checkpoint_every(cfg: dict) -> int:
 def is_number(value) -> bool:
     """Ints and floats (numpy's too); not bools, which are switches."""
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def setting(cfg: dict, name: str):
+    """A key's value in a config this project wrote: a key missing from it (written before the
+    key existed) reads as its default, the setting that run had."""
+    key = SCHEMA.get(name)
+    if name in cfg or key is None or key.default is REQUIRED:
+        return cfg.get(name)
+    return key.default
 
 
 def same_value(a, b) -> bool:
