@@ -42,6 +42,7 @@ from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
 from training import checkpoint, config, provenance
 from training.cli import OneLineErrorParser, number
+from training.files import WriteError, write_atomic
 from training.results import ResultsError
 
 PROG = "reproduce_figure4.py"
@@ -62,13 +63,12 @@ def check_configs(jobs: list[Job]) -> None:
 
 def write_if_changed(path: str, text: str) -> None:
     """Leave an unchanged file alone, so its time stamp says when it last meant something."""
-    if os.path.exists(path):
+    if os.path.isfile(path):
         with open(path) as f:
             if f.read() == text:
                 return
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def done(other_versions: str) -> tuple[str, ...]:
@@ -401,6 +401,8 @@ def main(argv=None) -> int:
         run(resolve(parser.parse_args(argv)))
     except UserError as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
+    except WriteError as error:  # a full disk, a lost mount: what was written before stays
+        parser.exit(1, f"{PROG}: cannot write {error.filename}: {error.strerror}\n")
     except executors.DriverStoppedError as stopped:
         parser.exit(128 + stopped.signum, f"{PROG}: {stopped}\n")
     except KeyboardInterrupt:  # Ctrl-C between stages

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from agent_registry import AGENTS, ROOT
 from training import config, results
+from training.files import write_atomic
 from training.schema import same_value
 
 CONFIG_DIR = os.path.join(ROOT, "configs", "figure4")
@@ -322,8 +323,7 @@ def main() -> None:
         config.validate_config(cell_config(cell), AGENTS[cell.agent].agent_type)
     os.makedirs(CONFIG_DIR, exist_ok=True)
     for path, text in files.items():
-        with open(path, "w") as f:
-            f.write(text)
+        write_atomic(path, lambda f, text=text: f.write(text.encode()))
     print(f"wrote {len(files)} configs to {os.path.relpath(CONFIG_DIR)}/")
 
 

@@ -501,6 +501,21 @@ def test_a_read_only_out_dir_is_one_line_before_any_job(tmp_path, capsys):
     )
 
 
+def test_a_file_the_driver_cannot_write_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
+    os.makedirs(os.path.join(job.config_path, "taken"))  # a folder where its config goes
+    monkeypatch.setattr(executors, "run_jobs", lambda *a: pytest.fail("a job ran"))
+    flags = ["--quick", "--stage", "final", "--agents", "ER", "--envs", "ProcMaze"]
+    with pytest.raises(SystemExit) as exit_info:
+        r4.main([*flags, "--regimes", "high", "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"reproduce_figure4.py: cannot write {job.config_path}: ")
+    assert sorted(os.listdir(os.path.dirname(job.config_path))) == [
+        os.path.basename(job.config_path)  # no temporary file left beside it
+    ]
+
+
 def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
     """SIGTERM to a driver running local jobs: each job's run writes its checkpoint at its
     chunk's end and exits, then the driver; no job process is left behind, and the job goes on
