@@ -401,6 +401,8 @@ def main(argv=None) -> int:
         run(resolve(parser.parse_args(argv)))
     except UserError as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
+    except executors.SchedulerError as error:
+        parser.exit(1, f"{PROG}: {error}\n")
     except WriteError as error:  # a full disk, a lost mount: what was written before stays
         parser.exit(1, f"{PROG}: cannot write {error.filename}: {error.strerror}\n")
     except executors.DriverStoppedError as stopped:

@@ -247,13 +247,24 @@ def write_records(path: str, records: dict) -> None:
     write_atomic(path, lambda f: f.write(json.dumps(records, indent=1).encode()))
 
 
+class SchedulerError(Exception):
+    """`squeue` did not answer (a busy or restarting controller): the line says so."""
+
+
 def slurm_states(job_ids: list[str]) -> dict[str, str]:
     """job id -> its SLURM state, from `squeue` (which needs no accounting database; finished
-    jobs stay listed for a few minutes). A job SLURM no longer knows is absent."""
+    jobs stay listed for a few minutes). A job SLURM no longer knows is absent. Raises
+    `SchedulerError` when squeue fails: then nothing is known, not that every job is gone."""
     if not job_ids:
         return {}
     command = ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(job_ids)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise SchedulerError(f"squeue: {error}") from None
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise SchedulerError(f"squeue: {why}")
     states = {}
     for line in done.stdout.splitlines():
         job_id, _, state = line.partition("|")
@@ -268,7 +279,13 @@ def reattach(jobs: list[Job], options: Options, out_dir: str) -> tuple[list, lis
         return [], jobs
     records = read_records(records_path(out_dir, jobs[0].stage))
     recorded = {job.prefix: records[job.prefix] for job in jobs if job.prefix in records}
-    states = slurm_states([record["job_id"] for record in recorded.values()])
+    try:
+        states = slurm_states([record["job_id"] for record in recorded.values()])
+    except SchedulerError as error:  # submitting now could run a job twice
+        raise SchedulerError(
+            f"{jobs[0].stage}: cannot tell whether the jobs an earlier driver submitted still "
+            f"run ({error}); run the same command again when squeue answers"
+        ) from None
     attached, to_submit = [], []
     for job in jobs:
         record = recorded.get(job.prefix)
@@ -314,9 +331,18 @@ def wait(entries: list, options: Options) -> list[str]:
     """Wait for every job: one line per change of a job's state; a job is done when its result
     is written. A job that left the queue without a result has failed."""
     pending, failures = list(entries), []
-    shown, gone = {}, {}
+    shown, gone, unanswered = {}, {}, None
     while pending:
-        states = job_states(pending, options.executor)
+        try:
+            states = job_states(pending, options.executor)
+        except SchedulerError as error:  # wait for the controller; a job's result still counts
+            if unanswered is None:
+                print(f"{error}; waiting for it to answer", flush=True)
+            unanswered, states = str(error), None
+        else:
+            if unanswered is not None:
+                print("squeue answers again", flush=True)
+            unanswered = None
         for job, handle in list(pending):
             name = f"{job.stage} {job.cell.name}"
             if handle.paths.result_pickle.exists():
@@ -326,6 +352,8 @@ def wait(entries: list, options: Options) -> list[str]:
                 except Exception as error:
                     log = handle.paths.stderr
                     failures.append(f"{name}: failed: {failure_line(error)} (log: {log})")
+                continue
+            if states is None:
                 continue
             state = states.get(handle.job_id, "gone")
             gone[job.prefix] = 0 if state in ACTIVE else gone.get(job.prefix, 0) + 1

@@ -311,6 +311,64 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
     assert executors.failure_line(error) == "config error: x"
 
 
+class ResultLater:
+    """A SLURM job's handle (what `executors.wait` reads) whose result is written later."""
+
+    def __init__(self, folder, job_id="7"):
+        self.job_id = job_id
+        self.paths = types.SimpleNamespace(
+            result_pickle=folder / "7_result.pkl", stderr=folder / "7_log.err"
+        )
+
+    def result(self):
+        return "done"
+
+
+def silent_squeue(tmp_path, monkeypatch) -> None:
+    """An `squeue` that fails as it does while the controller is busy or restarting."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "squeue").write_text(
+        "#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out on send/recv operation' >&2\n"
+        "exit 1\n"
+    )
+    (fake_bin / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+
+
+def slurm_options(tmp_path) -> executors.Options:
+    args = r4.build_parser().parse_args(["--quick", "--out-dir", str(tmp_path), "--poll", "0.1"])
+    return r4.resolve(args).options._replace(executor="slurm")
+
+
+def test_a_silent_squeue_is_waited_out_not_taken_for_failed_jobs(tmp_path, monkeypatch, capsys):
+    silent_squeue(tmp_path, monkeypatch)
+    job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
+    handle = ResultLater(tmp_path)
+    # many looks (GONE_POLLS would fail a job SLURM no longer listed) before the result lands
+    threading.Timer(1.0, handle.paths.result_pickle.write_bytes, [b""]).start()
+    assert executors.wait([(job, handle)], slurm_options(tmp_path)) == []
+    assert capsys.readouterr().out.splitlines() == [
+        "squeue: slurm_load_jobs error: Socket timed out on send/recv operation; waiting for it "
+        "to answer",
+        "final ER_ProcMaze_high: done",
+    ]
+
+
+def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, monkeypatch):
+    silent_squeue(tmp_path, monkeypatch)
+    job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
+    path = executors.records_path(str(tmp_path), "final")
+    executors.write_records(path, {job.prefix: {"job_id": "7", "folder": str(tmp_path)}})
+    with pytest.raises(executors.SchedulerError) as info:
+        executors.reattach([job], slurm_options(tmp_path), str(tmp_path))
+    assert str(info.value) == (
+        "final: cannot tell whether the jobs an earlier driver submitted still run (squeue: "
+        "slurm_load_jobs error: Socket timed out on send/recv operation); run the same command "
+        "again when squeue answers"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # plot with missing cells
 # --------------------------------------------------------------------------------------------
