@@ -41,7 +41,7 @@ from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
 from training import checkpoint, config, provenance
-from training.cli import OneLineErrorParser, number
+from training.cli import MAX_SEED, OneLineErrorParser, number
 from training.files import WriteError, write_atomic
 from training.results import ResultsError
 
@@ -230,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=number(float, 0, strict=True),
         help="tune grid's softmax temperatures (default 0.0125 * 2**k, k = 0..10)",
     )
-    p.add_argument("--seed", type=number(int, 0), default=0, help="master PRNG seed of every run")
+    p.add_argument(
+        "--seed",
+        type=number(int, 0, maximum=MAX_SEED),
+        default=0,
+        help="master PRNG seed of every run",
+    )
     p.add_argument(
         "--window",
         type=number(int, 1),

@@ -157,6 +157,22 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "run.out").exists()
 
 
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--seed=abc"], "argument --seed/-s: expected an integer, got 'abc'"),
+        # 2**32 would share its PRNG key with seed 0, -1 with 4294967295
+        (["--seed=4294967296"], "expected an integer >= 0 and <= 4294967295, got '4294967296'"),
+        (["--seed=-1"], "expected an integer >= 0 and <= 4294967295, got '-1'"),
+        (["--sed=1"], "unrecognized arguments: --sed=1"),
+    ],
+)
+def test_cli_bad_flag_is_one_line_exit_2(tmp_path, capsys, monkeypatch, flags, expected):
+    code, lines = main_er(tmp_path, capsys, monkeypatch, shipped_er_text(), *flags)
+    assert code == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not (tmp_path / "bad.out").exists()
+
+
 def test_cli_unreadable_config_exits_2(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")

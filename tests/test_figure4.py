@@ -452,6 +452,7 @@ def test_job_seconds_counts_updates_evaluations_and_seeds():
         (["--agents", "nonsense"], "--agents"),
         (["--envs", "Atari"], "--envs"),
         (["--tune-seeds", "0"], "--tune-seeds"),
+        (["--seed", "4294967296"], "--seed"),
         (["--step-sizes", "-1e-4"], "--step-sizes"),
         (["--temperatures", "0.1", "0.1"], "--temperatures"),
         (["--slurm-partition", "gpu"], "--slurm-partition"),

@@ -28,10 +28,17 @@ def positive_int(name: str):
     return parse
 
 
-def number(kind, minimum, strict: bool = False):
-    """An argparse type: an int or finite float >= minimum (> minimum when strict)."""
+# A PRNG seed is two uint32 words of which a seed fills the lower: a larger or negative seed would
+# share its key with one in this range (2**32 and 0 give the same key).
+MAX_SEED = 2**32 - 1
+
+
+def number(kind, minimum, strict: bool = False, maximum=math.inf):
+    """An argparse type: an int or finite float >= minimum (> minimum when strict), <= maximum."""
     name = {int: "an integer", float: "a number"}[kind]
-    bound = f"{'>' if strict else '>='} {minimum}"
+    bound = f"{'>' if strict else '>='} {minimum}" + (
+        f" and <= {maximum}" if maximum < math.inf else ""
+    )
 
     def parse(text):
         try:
@@ -39,7 +46,7 @@ def number(kind, minimum, strict: bool = False):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
         low = value > minimum if strict else value >= minimum
-        if not (low and math.isfinite(value)):
+        if not (low and value <= maximum and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"expected {name} {bound}, got {text!r}")
         return value
 

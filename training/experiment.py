@@ -26,6 +26,7 @@ from tqdm import tqdm
 import environments
 from agents import HParams
 from training import checkpoint, config, files, provenance, results
+from training.cli import MAX_SEED, OneLineErrorParser, number
 from training.compilation import (
     CompiledRun,
     check_memory,
@@ -398,8 +399,10 @@ def show_progress(bar, quiet: bool, t: int, scores: np.ndarray, points, axes) ->
 
 
 def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=f"Train the {agent_type} agent.")
-    parser.add_argument("--seed", "-s", type=int, default=0, help="master PRNG seed")
+    parser = OneLineErrorParser(description=f"Train the {agent_type} agent.")
+    parser.add_argument(
+        "--seed", "-s", type=number(int, 0, maximum=MAX_SEED), default=0, help="master PRNG seed"
+    )
     parser.add_argument("--config", "-c", required=True, help="path to a JSON config")
     parser.add_argument("--output", "-o", default=agent_type, help="output prefix")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or logs")
