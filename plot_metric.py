@@ -42,6 +42,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from training.cli import OneLineErrorParser, positive_int
+from training.files import save_png_atomic
 from training.results import (
     DEFAULT_METRIC,
     ResultsError,
@@ -237,7 +238,7 @@ def main(argv=None) -> int:
             ax.set_title(args.title)
         if args.save:
             try:
-                fig.savefig(args.save, format="png", bbox_inches="tight")
+                save_png_atomic(args.save, fig, bbox_inches="tight")
             except OSError as e:
                 raise PlotError(f"cannot save {args.save}: {e.strerror or e}") from None
             print(f"saved {args.save}")

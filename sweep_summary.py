@@ -45,6 +45,7 @@ from matplotlib.patches import Rectangle
 import plot_metric  # selects the Agg backend when there is no display
 from training import results
 from training.cli import OneLineErrorParser
+from training.files import save_png_atomic
 from training.results import DEFAULT_METRIC, ResultsError
 from training.schema import HOST_ONLY_KEYS, is_number, same_value
 
@@ -519,7 +520,7 @@ def summarise(paths: list[str], metric: str, minimize: bool, axes: list[str] | N
 
 def save_figure(fig, path: str) -> None:
     try:
-        fig.savefig(path, format="png", bbox_inches="tight", dpi=120)
+        save_png_atomic(path, fig, bbox_inches="tight", dpi=120)
     except OSError as e:
         raise SweepError(f"cannot save {path}: {e.strerror or e}") from None
 

@@ -18,6 +18,7 @@ import plot_metric
 import sweep_summary
 from agent_registry import AGENTS
 from figure4.plan import ENVIRONMENTS, METRIC, Cell
+from training.files import save_png_atomic
 from training.results import ResultsError
 
 
@@ -92,7 +93,7 @@ def save_figure(path: str, folder: str, agents, envs, regimes, window=None) -> i
     fig = draw_figure(folder, agents, envs, regimes, window)
     lines = sum(len(ax.get_lines()) for ax in fig.axes)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_png_atomic(path, fig, dpi=110)
     plt.close(fig)
     return lines
 

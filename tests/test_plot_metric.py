@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.figure
 
 matplotlib.use("Agg")  # never open a window from the test process
 
@@ -108,6 +109,27 @@ def test_main_saves_a_png(tmp_path):
     assert plot_metric.main(["--data", f1, f2, "-w", "2", "-f", "1", "--save", str(png)]) == 0
     assert png.exists() and png.stat().st_size > 1000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_png_that_cannot_be_saved_is_one_line_and_the_old_one_stays(
+    tmp_path, capsys, monkeypatch
+):
+    f = write_out(tmp_path / "ER.out", fake_values(10, 4, seed=7))
+    png = tmp_path / "curves.png"
+    png.write_bytes(b"the old picture")
+
+    def cut_short(fig, target, **kwargs):  # a save that fails half-way (a full disk, say)
+        target.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", cut_short)
+    with pytest.raises(SystemExit) as exit_info:
+        plot_metric.main(["--data", f, "--save", str(png), "--no-show"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith(f"cannot save {png}: No space left on device")
+    assert png.read_bytes() == b"the old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ER.out", "curves.png"]  # no temp file
 
 
 def test_main_plots_another_metric(tmp_path):

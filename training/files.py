@@ -55,6 +55,12 @@ def write_pickle_atomic(path: str, obj: Any) -> None:
     write_atomic(path, lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
 
 
+def save_png_atomic(path: str, fig, **savefig_kwargs) -> None:
+    """A matplotlib figure saved as a PNG atomically: an interrupted save leaves the old
+    picture, not half of a new one."""
+    write_atomic(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs))
+
+
 class OutputError(ValueError):
     """An output prefix the run cannot write to: the message is one line."""
 
