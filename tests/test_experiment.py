@@ -355,6 +355,35 @@ def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, first, second)
 
 
+def test_a_program_that_cannot_be_saved_still_runs(tmp_path, capsys):
+    (tmp_path / "full").write_text("")  # its programs' folder cannot be made
+    jitted = saved_programs.SavedProgramJit(lambda x: x + 1, {}, str(tmp_path / "full" / "f"))
+    assert int(jitted(jnp.int32(1))) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"warning: cannot save the traced program {tmp_path / 'full' / 'f'}-")
+    assert line.endswith("(File exists); a later launch traces it again")
+
+
+def test_a_compilation_cache_it_cannot_write_is_one_warning_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    config_path = tmp_path / "run.json"
+    config_path.write_text(json.dumps(tiny_config("ER")))
+    process = subprocess.run(
+        [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={config_path}"]
+        + [f"--output={tmp_path / 'run'}", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "file" / "cache")},
+    )
+    assert process.returncode == 0, process.stderr
+    assert process.stderr.strip().splitlines() == [
+        f"warning: compilation cache {tmp_path / 'file' / 'cache'}: Not a directory; compiling "
+        "from scratch (JAX_COMPILATION_CACHE_DIR moves it)"
+    ]
+    assert load_pickle(tmp_path / "run.out")["metrics"]["reward_rates"]
+
+
 def test_program_key_follows_the_compiled_part_of_the_config():
     cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
     sharding = compilation.pair_sharding(1, cfg["num_seeds"])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import tempfile
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -174,12 +176,25 @@ def enable_compilation_cache() -> str | None:
         "JAX_COMPILATION_CACHE_DIR",
         os.path.join(os.path.expanduser("~"), ".cache", "model_generalization_jax"),
     )
-    if directory:
-        jax.config.update("jax_compilation_cache_dir", directory)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        return os.path.join(directory, "programs")
-    return None
+    if not directory:
+        return None
+    programs = os.path.join(directory, "programs")
+    try:  # a cache it cannot write (a read-only home on a compute node) is only slower
+        os.makedirs(programs, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=programs, prefix=".write-test."):
+            pass
+    except OSError as error:
+        print(
+            f"warning: compilation cache {directory}: {error.strerror}; compiling from scratch "
+            "(JAX_COMPILATION_CACHE_DIR moves it)",
+            file=sys.stderr,
+        )
+        jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return programs
 
 
 # --------------------------------------------------------------------------------------------

@@ -144,6 +144,7 @@ def run(
     anything compiles when it can; `RunInterruptedError` when a signal stopped it at the end
     of a chunk."""
     start = time.time()
+    program_dir = enable_compilation_cache()  # before anything compiles, even a PRNG key
     setup = prepare(agent_type, build_agent, cfg, seed)
     for line in setup.warnings:
         print(line, file=sys.stderr)
@@ -153,7 +154,6 @@ def run(
     try:
         files.check_output(output, written_files)
         with files.OutputLock(output):
-            program_dir = enable_compilation_cache()
             written = train(setup, output, quiet, program_dir, resume, accept_version_change)
     except files.OutputError as error:
         raise RunError(str(error)) from None

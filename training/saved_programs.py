@@ -88,8 +88,15 @@ class SavedProgramJit:
             except Exception as error:  # unreadable: trace anew and replace it
                 print(f"{path}: not loaded ({error}); tracing anew", file=sys.stderr)
         exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_atomic(path, lambda f: f.write(exported.serialize()))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_atomic(path, lambda f: f.write(exported.serialize()))
+        except OSError as error:  # a full or read-only cache: only the next start-up is slower
+            print(
+                f"warning: cannot save the traced program {path} ({error.strerror}); "
+                "a later launch traces it again",
+                file=sys.stderr,
+            )
         return exported
 
     def __call__(self, *args):
