@@ -32,7 +32,6 @@ It writes `<output>.json` and `<output>.md`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -48,7 +47,8 @@ import numpy as np
 
 from agent_registry import AGENTS, ROOT
 from training import checkpoint, experiment, loop, measure
-from training.schema import checkpoint_every
+from training.cli import OneLineErrorParser
+from training.schema import SCHEMA, checkpoint_every
 
 CHUNK_STEPS = 250  # environment steps per timed chunk
 SHIPPED_RUN_STEPS = 1_000_000  # a shipped config's run, for the checkpoints' share of it
@@ -92,13 +92,19 @@ def prepare(name: str, raw: dict) -> experiment.Setup:
 
 
 def measure_agent(
-    name: str, num_seeds: int, timed_chunks: int, cache_dir: str, grid: bool = False
+    name: str,
+    num_seeds: int,
+    timed_chunks: int,
+    cache_dir: str,
+    grid: bool = False,
+    precision: str = "default",
 ) -> dict:
     """One agent's compile time, steady rate, FLOP rate and memory at `num_seeds` (a 3 x 3
-    grid of them with `grid`), with saved programs and XLA's cache in `cache_dir`."""
+    grid of them with `grid`) and `matmul_precision` `precision`, with saved programs and
+    XLA's cache in `cache_dir`."""
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir  # as a launch with that cache
     program_dir = experiment.enable_compilation_cache()
-    changes = grid_changes(name) if grid else {}
+    changes = {**(grid_changes(name) if grid else {}), "matmul_precision": precision}
     raw = shipped_config(name, num_seeds, CHUNK_STEPS * (timed_chunks + 1), **changes)
     setup = prepare(name, raw)
     timing, _ = measure.time_run(setup, program_dir, on_chunks=timed_chunks + 1)
@@ -114,6 +120,7 @@ def measure_agent(
         "agent": name,
         "seeds": num_seeds,
         "grid_points": len(setup.points),
+        "matmul_precision": precision,
         "compile_s": round(timing.compile_s, 2),
         "xla_compile_s": round(timing.xla_compile_s, 2),
         "steps_per_s": round(steps_per_second, 1),
@@ -127,7 +134,9 @@ def measure_agent(
     }
 
 
-def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: str) -> dict:
+def measure_overheads(
+    name: str, num_seeds: int, timed_chunks: int, cache_dir: str, precision: str = "default"
+) -> dict:
     """What the run's bookkeeping costs beside the training itself:
     - diagnostics: chunk time of the agent as it is against the same agent with its
       diagnostics dropped (`update` reports nothing, so XLA removes the reductions and the
@@ -135,13 +144,15 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     - checkpoint: seconds to write one checkpoint (`checkpoint.save`, median of 3) and its
       size, and what the default number of them costs in a shipped run of 1M steps per seed
       at the measured chunk rate. With `timed_chunks` 0, only the checkpoint, of the initial
-      state (same size: nothing is compressed)."""
-    setup = prepare(name, shipped_config(name, num_seeds, CHUNK_STEPS * (timed_chunks + 1)))
+      state (same size: nothing is compressed). `precision`: the runs' `matmul_precision`."""
+    steps = CHUNK_STEPS * (timed_chunks + 1)
+    setup = prepare(name, shipped_config(name, num_seeds, steps, matmul_precision=precision))
     keys, _ = experiment.run_keys(0, num_seeds)
     device = jax.devices()[0]
     result = {
         "agent": name,
         "seeds": num_seeds,
+        "matmul_precision": precision,
         "device": f"{device.platform}: {device.device_kind}",
     }
 
@@ -173,7 +184,7 @@ def measure_overheads(name: str, num_seeds: int, timed_chunks: int, cache_dir: s
     writes = []
     for _ in range(3):
         tick = time.perf_counter()
-        checkpoint.save(path, setup.cfg, variants["with"][1], progress)
+        checkpoint.save(path, setup.cfg, variants["with"][1], progress, setup.provenance)
         writes.append(time.perf_counter() - tick)
     result["checkpoint_mb"] = round(os.path.getsize(path) / 1e6, 1)
     result["checkpoint_write_s"] = round(float(np.median(writes)), 3)
@@ -218,20 +229,24 @@ def in_fresh_process(worker: str, *args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_point(name: str, seeds: int, chunks: int, cache_dir: str, grid: bool = False) -> dict:
-    return in_fresh_process("measure", name, seeds, chunks, cache_dir, grid)
+def run_point(
+    name: str, seeds: int, chunks: int, cache_dir: str, grid=False, precision="default"
+) -> dict:
+    return in_fresh_process("measure", name, seeds, chunks, cache_dir, grid, precision)
 
 
-def compare_grid(name: str, seeds: int, chunks: int, steps: int) -> dict:
+def compare_grid(name: str, seeds: int, chunks: int, steps: int, precision="default") -> dict:
     """The 3 x 3 grid as one run against its nine points as nine separate runs (each its own
     process, with empty caches: nine compilations), all of `steps` steps per seed; and the
     steady-state rate of the grid against one run of `seeds` seeds."""
     with tempfile.TemporaryDirectory() as cache_dir:
-        grid_rate = run_point(name, seeds, chunks, cache_dir, grid=True)
+        grid_rate = run_point(name, seeds, chunks, cache_dir, True, precision)
     with tempfile.TemporaryDirectory() as cache_dir:
-        single_rate = run_point(name, seeds, chunks, cache_dir)
+        single_rate = run_point(name, seeds, chunks, cache_dir, False, precision)
     changes = grid_changes(name)
-    raw = shipped_config(name, seeds, steps, save_params=False, **changes)
+    raw = shipped_config(
+        name, seeds, steps, save_params=False, matmul_precision=precision, **changes
+    )
     with tempfile.TemporaryDirectory() as cache_dir:
         grid_run = in_fresh_process("train_cli", name, raw, cache_dir)
     singles = []
@@ -245,6 +260,7 @@ def compare_grid(name: str, seeds: int, chunks: int, steps: int) -> dict:
         "agent": name,
         "seeds": seeds,
         "steps_per_seed": steps,
+        "matmul_precision": precision,
         "grid_wall_s": grid_run["wall_s"],
         "separate_wall_s": round(sum(r["wall_s"] for r in singles), 1),
         "grid_compile_s": grid_rate["compile_s"],
@@ -356,21 +372,22 @@ def overheads_markdown(results: list[dict], header: str) -> str:
 
 def measure_point(args, name: str, seeds: int, grid: bool) -> dict:
     """One row of the table that the flags ask for, measured in fresh processes."""
+    precision = args.matmul_precision
     if args.grid:
-        return compare_grid(name, seeds, args.chunks, args.grid_steps)
+        return compare_grid(name, seeds, args.chunks, args.grid_steps, precision)
     with tempfile.TemporaryDirectory() as cache_dir:
         if args.overheads:
-            return in_fresh_process("overheads", name, seeds, args.chunks, cache_dir)
-        result = run_point(name, seeds, args.chunks, cache_dir, grid)
+            return in_fresh_process("overheads", name, seeds, args.chunks, cache_dir, precision)
+        result = run_point(name, seeds, args.chunks, cache_dir, grid, precision)
         if not (args.no_second_launch or grid):
-            again = run_point(name, seeds, 1, cache_dir)
+            again = run_point(name, seeds, 1, cache_dir, False, precision)
             result["second_launch_compile_s"] = again["compile_s"]
             result["second_launch_xla_compile_s"] = again["xla_compile_s"]
     return result
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--chunks", type=int, default=4, help="timed chunks of 250 steps")
@@ -394,6 +411,12 @@ def main(argv=None) -> None:
         type=int,
         default=[],
         help="also the steady-state rate of the 3x3 grid as one run at these seed counts",
+    )
+    parser.add_argument(
+        "--matmul-precision",
+        choices=SCHEMA["matmul_precision"].choices,
+        default="default",
+        help="the runs' matmul_precision config key (default: JAX's default)",
     )
     parser.add_argument(
         "--overheads",
@@ -421,7 +444,8 @@ def main(argv=None) -> None:
     header = (
         f"Benchmark on {device}, {os.cpu_count()} CPU cores, "
         f"{platform.processor() or platform.machine()}; jax {jax.__version__}, "
-        f"python {platform.python_version()}; {time.strftime('%Y-%m-%d')}"
+        f"python {platform.python_version()}; matmul_precision {args.matmul_precision}; "
+        f"{time.strftime('%Y-%m-%d')}"
     )
     table = {True: grid_markdown, False: overheads_markdown if args.overheads else markdown}
     text = table[args.grid](results, header)
