@@ -47,7 +47,7 @@ from training import results
 from training.cli import OneLineErrorParser
 from training.files import save_png_atomic
 from training.results import DEFAULT_METRIC, ResultsError
-from training.schema import HOST_ONLY_KEYS, is_number, same_value
+from training.schema import HOST_ONLY_KEYS, is_number, same_value, setting
 
 PROG = "sweep_summary.py"
 MAX_MISSING_LISTED = 5
@@ -109,26 +109,33 @@ def find_axes(runs: list[Run]) -> list[str]:
     less those only the host loop reads (`host_only_differences` names them).
 
     Raises SweepError when a differing key is not a number in every file (or is missing from
-    some), since such files are not points of one numeric grid.
+    some, and has no default to read it as: a file written before a key existed ran at the
+    key's default), since such files are not points of one numeric grid.
     """
     keys = list(runs[0].config)
     keys += sorted({k for run in runs for k in run.config} - set(keys))
     axes = []
     for key in (k for k in keys if k not in HOST_ONLY_KEYS):
-        holders = [run for run in runs if key in run.config]
-        if len(holders) < len(runs):
-            lacking = next(run for run in runs if key not in run.config)
+        values = [setting(run.config, key) for run in runs]
+        lacking = [
+            r for r, v in zip(runs, values, strict=True) if key not in r.config and v is None
+        ]
+        if lacking:
+            holder = next(run for run in runs if key in run.config)
             raise SweepError(
-                f"not one grid: '{key}' is in {holders[0].path} but not in {lacking.path}"
+                f"not one grid: '{key}' is in {holder.path} but not in {lacking[0].path}"
             )
-        values = [run.config[key] for run in runs]
         if all(same_value(values[0], v) for v in values[1:]):
             continue
         if not all(is_number(v) for v in values):
-            other = next(run for run in runs if not same_value(values[0], run.config[key]))
+            other = next(
+                (run, v)
+                for run, v in zip(runs, values, strict=True)
+                if not same_value(values[0], v)
+            )
             raise SweepError(
                 f"not one grid: '{key}' differs ({values[0]!r} in {runs[0].path}, "
-                f"{other.config[key]!r} in {other.path}); only numeric keys may vary"
+                f"{other[1]!r} in {other[0].path}); only numeric keys may vary"
             )
         axes.append(key)
     return axes

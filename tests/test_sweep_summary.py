@@ -119,6 +119,19 @@ def test_files_from_different_environments_are_not_one_grid(tmp_path):
     assert "ProcMaze" in lines[0] and "ButtonGrid" in lines[0]
 
 
+def test_a_file_from_before_a_key_existed_reads_it_at_its_default(tmp_path):
+    new = write_point(tmp_path, -5.0, alpha_adam=5e-05, matmul_precision="default")
+    old = write_point(tmp_path, -6.0, prefix="old", alpha_adam=1e-04)  # no matmul_precision
+    runs = [sweep_summary.load_run(p) for p in (new, old)]
+    assert sweep_summary.find_axes(runs) == ["alpha_adam"]
+    other = write_point(tmp_path, -7.0, prefix="f32", alpha_adam=2e-04, matmul_precision="float32")
+    with pytest.raises(sweep_summary.SweepError, match="'matmul_precision' differs"):
+        sweep_summary.find_axes([*runs, sweep_summary.load_run(other)])
+    unknown = write_point(tmp_path, -7.0, prefix="odd", alpha_adam=4e-04, odd_key=1)
+    with pytest.raises(sweep_summary.SweepError, match="'odd_key' is in .* but not in"):
+        sweep_summary.find_axes([*runs, sweep_summary.load_run(unknown)])
+
+
 def test_the_same_point_twice_is_an_error(tmp_path):
     a = write_point(tmp_path, -5.0, alpha_adam=5e-05)
     b = write_point(tmp_path, -6.0, prefix="copy", alpha_adam=5e-05)
