@@ -191,6 +191,7 @@ def enable_compilation_cache() -> str | None:
         )
         jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
         return None
+    jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
