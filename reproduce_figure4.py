@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 
 import sweep_summary
 from agent_registry import AGENTS
@@ -42,7 +41,7 @@ from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
 from training import checkpoint, config, provenance
 from training.cli import MAX_SEED, OneLineErrorParser, number
-from training.files import WriteError, write_atomic
+from training.files import WriteError, make_writable_dir, write_atomic
 from training.results import ResultsError
 
 PROG = "reproduce_figure4.py"
@@ -352,9 +351,7 @@ def resolve(args) -> argparse.Namespace:
 def check_out_dir(out_dir: str) -> None:
     """Every stage writes under `--out-dir`: find out before any job runs that it can."""
     try:
-        os.makedirs(out_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-test."):
-            pass
+        make_writable_dir(out_dir)
     except OSError as error:
         raise UserError(f"--out-dir: cannot write {out_dir}: {error.strerror}") from None
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -17,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from training import config, loop
+from training.files import make_writable_dir
 from training.saved_programs import SavedProgramJit, program_key
 
 
@@ -180,9 +180,7 @@ def enable_compilation_cache() -> str | None:
         return None
     programs = os.path.join(directory, "programs")
     try:  # a cache it cannot write (a read-only home on a compute node) is only slower
-        os.makedirs(programs, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=programs, prefix=".write-test."):
-            pass
+        make_writable_dir(programs)
     except OSError as error:
         print(
             f"warning: compilation cache {directory}: {error.strerror}; compiling from scratch "

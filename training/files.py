@@ -61,6 +61,15 @@ def save_png_atomic(path: str, fig, **savefig_kwargs) -> None:
     write_atomic(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs))
 
 
+def make_writable_dir(directory: str, prefix: str = ".write-test.") -> None:
+    """Create `directory` if needed and prove that it takes a new file (a temporary one named
+    `prefix...`, made and removed); raises `OSError` when it cannot (read-only, full, not a
+    folder)."""
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix):
+        pass
+
+
 class OutputError(ValueError):
     """An output prefix the run cannot write to: the message is one line."""
 
@@ -78,9 +87,7 @@ def check_output(prefix: str, paths: list[str]) -> None:
             raise OutputError(f"--output: {path} is a folder, where the run writes a file")
     directory = os.path.dirname(os.path.abspath(prefix))
     try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=os.path.basename(prefix) + "."):
-            pass
+        make_writable_dir(directory, prefix=os.path.basename(prefix) + ".")
     except OSError as error:
         raise OutputError(f"--output: cannot write {prefix!r}: {error.strerror}") from None
 
