@@ -32,13 +32,18 @@ def auto_window(window: int | None):
     return lambda evaluations: max(1, min(evaluations, window or evaluations // 50))
 
 
+def panel_outputs(folder: str, agents, env: str, regime: str) -> dict[str, str]:
+    """agent -> the path of its final `.out` in the panel, for each agent that has one."""
+    paths = {
+        agent: os.path.join(folder, f"{Cell(agent, env, regime).name}.out") for agent in agents
+    }
+    return {agent: path for agent, path in paths.items() if os.path.exists(path)}
+
+
 def panel_curves(folder: str, agents: list[str], env: str, regime: str, window):
     """agent -> its curve (`plot_metric.file_curve`), for each agent with a readable output."""
     curves = {}
-    for agent in agents:
-        path = os.path.join(folder, f"{Cell(agent, env, regime).name}.out")
-        if not os.path.exists(path):
-            continue
+    for agent, path in panel_outputs(folder, agents, env, regime).items():
         try:
             summary, notes = plot_metric.file_curve(path, METRIC, auto_window(window))
         except ResultsError as error:
@@ -112,10 +117,7 @@ def panel_scores(folder: str, agents, env: str, regime: str) -> list[AgentScore]
     """The panel's agents with a readable output, best first, scored as `sweep_summary` scores
     a grid point (diverged seeds stay in: their returns are what the agent achieved)."""
     scores = []
-    for agent in agents:
-        path = os.path.join(folder, f"{Cell(agent, env, regime).name}.out")
-        if not os.path.exists(path):
-            continue
+    for agent, path in panel_outputs(folder, agents, env, regime).items():
         try:  # an unreadable file was reported by the figure already
             point = sweep_summary.score_point(sweep_summary.load_run(path, METRIC), [])
         except ResultsError:
