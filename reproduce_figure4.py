@@ -39,7 +39,7 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, provenance
+from training import checkpoint, config, experiment, provenance
 from training.cli import MAX_SEED, OneLineErrorParser, number
 from training.files import WriteError, make_writable_dir, write_atomic
 from training.results import ResultsError
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume runs from checkpoints of another version of the code, its libraries or "
         "another kind of device",
     )
+    experiment.add_tracker_flags(p)  # every job's curves live, under its stage and cell
     return p
 
 
@@ -300,6 +301,10 @@ def resolve(args) -> argparse.Namespace:
         "signal_delay",
     )
     defaults = build_parser().parse_args([])
+    if error := experiment.tracker_flag_error(args):
+        raise UserError(error)
+    if args.tensorboard:  # the jobs' working folder is not the driver's
+        args.tensorboard = os.path.abspath(args.tensorboard)
     for name in slurm_only:
         if args.executor != "slurm" and getattr(args, name) != getattr(defaults, name):
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
@@ -336,6 +341,7 @@ def resolve(args) -> argparse.Namespace:
         args.signal_delay,
         args.poll or (30.0 if args.executor == "slurm" else 1.0),
         args.accept_version_change,
+        experiment.tracker_options(args),
     )
     stages = [stage for stage in STAGES if stage in args.stage]
     cells = {

@@ -48,6 +48,7 @@ class Progress(NamedTuple):
     steps_since_save: int  # environment steps since `.params` was last written
     eval_times: list[int]
     history: dict[str, list[np.ndarray]]  # metric -> one [G, S] array per evaluation
+    trackers: dict | None = None  # the live curves' run ids (`trackers.Listener.run_ids`)
 
     @classmethod
     def start(cls, metric_names) -> Progress:
@@ -81,6 +82,7 @@ def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict
         "steps_since_save": progress.steps_since_save,
         "eval_times": progress.eval_times,
         "history": list(progress.history),
+        "trackers": progress.trackers or {},
         "state_tree": str(treedef),
     }
     arrays["meta"] = np.array(json.dumps(meta))
@@ -127,7 +129,8 @@ def load(
             for name in meta["history"]
         }
         chunks, since_save = meta["chunks_done"], meta["steps_since_save"]
-        progress = Progress(chunks, since_save, meta["eval_times"], history)
+        trackers = meta.get("trackers", {})
+        progress = Progress(chunks, since_save, meta["eval_times"], history, trackers)
         note = None
         if candidate != path:
             step = chunks * cfg["eval_frequency"]

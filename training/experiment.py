@@ -38,6 +38,7 @@ from training.compilation import (
 )
 from training.loop import Agent
 from training.schema import checkpoint_every
+from training.trackers import WANDB_MODES, Trackers, open_listener
 
 BuildAgent = Callable[[dict, Any], Agent]  # (validated config, environment) -> the agent
 
@@ -135,6 +136,7 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     accept_version_change: bool = False,
+    trackers: Trackers | None = None,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent into files named
     `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
@@ -142,7 +144,7 @@ def run(
     another version of the code or libraries wrote it). The run holds `<output>.lock` while it
     trains. Raises `RunError`, whose message is the one line the command line prints, before
     anything compiles when it can; `RunInterruptedError` when a signal stopped it at the end
-    of a chunk."""
+    of a chunk. `trackers`: where the curves also go live (TensorBoard, W&B)."""
     start = time.time()
     program_dir = enable_compilation_cache()  # before anything compiles, even a PRNG key
     setup = prepare(agent_type, build_agent, cfg, seed)
@@ -154,7 +156,9 @@ def run(
     try:
         files.check_output(output, written_files)
         with files.OutputLock(output):
-            written = train(setup, output, quiet, program_dir, resume, accept_version_change)
+            written = train(
+                setup, output, quiet, program_dir, resume, accept_version_change, trackers
+            )
     except files.OutputError as error:
         raise RunError(str(error)) from None
     if not quiet:
@@ -240,6 +244,7 @@ def train(
     program_dir: str | None = None,
     resume: bool = False,
     accept_version_change: bool = False,
+    trackers: Trackers | None = None,
 ) -> Written:
     """The host loop of the run of every grid point: a chunk of `eval_frequency` steps, an
     evaluation, the metrics, and the files when they are due; at the end the last checkpoint,
@@ -276,6 +281,7 @@ def train(
         state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
         progress = restored.progress
     chunk = compile_chunk(setup, run, state, quiet)
+    listener = open_listener(trackers, output, setup, progress, quiet)  # live curves
 
     history, eval_times = progress.history, progress.eval_times
     steps_since_save, steps_since_checkpoint = progress.steps_since_save, 0
@@ -289,7 +295,7 @@ def train(
     try:
         with StopSignals() as stop:
             for i in bar:
-                t0 = i * chunk_steps
+                t0, chunk_started = i * chunk_steps, time.monotonic()
                 if params_paths and steps_since_save >= cfg["save_frequency"]:
                     save_params(params_paths, agent, state.learner)
                     steps_since_save = 0
@@ -299,11 +305,14 @@ def train(
                 scores = np.asarray(run.evaluate(state.learner, keys, setup.hp), np.float32)
                 record_evaluation(history, scores, jax.device_get(report), points, axes, i, t0)
                 eval_times.append(t0)
+                listener.evaluated(t0, history, time.monotonic() - chunk_started)
                 steps_since_save += chunk_steps
                 steps_since_checkpoint += chunk_steps
                 last, stopping = i == num_chunks - 1, stop.signum is not None
                 if last or stopping or steps_since_checkpoint >= checkpoint_every(cfg):
-                    progress = checkpoint.Progress(i + 1, steps_since_save, eval_times, history)
+                    progress = checkpoint.Progress(
+                        i + 1, steps_since_save, eval_times, history, listener.run_ids()
+                    )
                     checkpoint.save(checkpoint_path, cfg, state, progress, setup.provenance)
                     saved_at, steps_since_checkpoint = t0 + chunk_steps, 0
                 if not last and (stopping or schedule.due()):
@@ -331,6 +340,8 @@ def train(
             else "no checkpoint was written yet"
         )
         raise RunError(f"cannot write {error.filename}: {error.strerror}; {intact}", 1) from None
+    finally:
+        listener.close()
     records = [point_record(setup, eval_times, history, g) for g in range(len(points))]
     outs = [f"{p}.out" for p in prefixes]
     return Written(outs, records, params_paths, checkpoint_path, num_chunks - first)
@@ -417,7 +428,44 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
         help="--resume even from a checkpoint that another version of the code, of jax, "
         "jaxlib, haiku or optax, or another kind of device wrote",
     )
-    return parser.parse_args(argv)
+    add_tracker_flags(parser)
+    args = parser.parse_args(argv)
+    if error := tracker_flag_error(args):
+        parser.error(error)
+    return args
+
+
+def add_tracker_flags(parser: argparse.ArgumentParser) -> None:
+    """The live curves' flags (`trackers.py`), of every train_*.py and the Figure 4 driver."""
+    parser.add_argument("--tensorboard", metavar="DIR", help="log the curves to TensorBoard in DIR")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log the curves to W&B project PROJECT")
+    parser.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        help="online (default) or offline (compute nodes without internet: `wandb sync` later)",
+    )
+    parser.add_argument(
+        "--per-seed-runs",
+        action="store_true",
+        help="a grid: one tracker run per grid point and seed, and one with their mean (default: "
+        "one run per point, its seeds as series in it)",
+    )
+
+
+def tracker_flag_error(args: argparse.Namespace) -> str | None:
+    if args.wandb_mode and not args.wandb:
+        return "--wandb-mode: only with --wandb PROJECT"
+    if args.per_seed_runs and not (args.tensorboard or args.wandb):
+        return "--per-seed-runs: only with --tensorboard or --wandb"
+    return None
+
+
+def tracker_options(args: argparse.Namespace, group: str | None = None) -> Trackers | None:
+    """The `Trackers` the flags ask for (None: none)."""
+    if not (args.tensorboard or args.wandb):
+        return None
+    mode = args.wandb_mode or "online"
+    return Trackers(args.tensorboard, args.wandb, mode, args.per_seed_runs, group)
 
 
 def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
@@ -435,6 +483,7 @@ def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
             resume=args.resume,
             quiet=args.quiet,
             accept_version_change=args.accept_version_change,
+            trackers=tracker_options(args),
         )
     except RunError as error:
         print(error, file=sys.stderr)
