@@ -19,7 +19,6 @@ SETTINGS = dict(
     save_code=False,
     x_save_requirements=False,
     silent=True,
-    init_timeout=60,
 )
 
 
@@ -27,7 +26,15 @@ class WandbRuns:
     """The W&B runs of `specs` (`trackers.RunSpec`) in `project`; `configs` their W&B config,
     one per spec. A run whose name `saved` (the checkpoint's) gives an id is resumed under it:
     requeued and restarted jobs continue the same runs. The first run that cannot start (not
-    logged in, no network) raises, after the runs already started are finished."""
+    logged in, no network) raises, after the runs already started are finished.
+
+    W&B writes a run's records to disk (and sends them) every 15 s, so a killed process loses
+    its last ones: a resumed run is given its checkpoint's evaluations again (`replays`), of
+    which each run logs those from its current step on, the step after the last one W&B holds
+    (online; offline W&B cannot know, so all of them: W&B ignores a resumed run's steps below
+    its current one when the offline segments are synced)."""
+
+    replays = True
 
     def __init__(self, project: str, mode: str, specs, configs: list[dict], saved: dict):
         self.runs = []
@@ -53,9 +60,7 @@ class WandbRuns:
 
     def log(self, t: int, logged: list[dict[str, float]]) -> None:
         for run, values in zip(self.runs, logged, strict=True):
-            # A resumed online run starts at the server's next step: what it already holds
-            # (logged before the kill, past the checkpoint) is not sent twice.
-            if t >= run.step:
+            if t >= run.step:  # what W&B holds of the run is not sent twice
                 run.log(values, step=t)
 
     def run_ids(self) -> dict[str, str]:

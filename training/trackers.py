@@ -91,9 +91,10 @@ def masked_mean(values: np.ndarray, diverged: np.ndarray) -> float:
     return float(kept.mean()) if kept.size else float("nan")
 
 
-def scalars(spec: RunSpec, latest: dict[str, np.ndarray], steps_per_s: float) -> dict[str, float]:
+def scalars(spec: RunSpec, latest: dict[str, np.ndarray], steps_per_s) -> dict[str, float]:
     """What run `spec` logs of one evaluation: `latest` holds each `.out` metric's [G, S] values
-    of it (`diverged` logged as 0 / 1, in a mean as the fraction of seeds)."""
+    of it (`diverged` logged as 0 / 1, in a mean as the fraction of seeds); `steps_per_s`
+    (None: not known) the rate of the chunk before it."""
     diverged = latest["diverged"][spec.point]
     out = {}
     for name, values in latest.items():
@@ -107,7 +108,8 @@ def scalars(spec: RunSpec, latest: dict[str, np.ndarray], steps_per_s: float) ->
         else:
             out.update({f"{name}/seed_{s}": float(v) for s, v in enumerate(row)})
             out[f"{name}/mean"] = mean
-    out["steps_per_s"] = steps_per_s
+    if steps_per_s is not None:
+        out["steps_per_s"] = steps_per_s
     return out
 
 
@@ -150,12 +152,25 @@ class Listener:
         latest = {name: np.asarray(values[-1]) for name, values in history.items()}
         pairs = latest["diverged"].size
         steps_per_s = pairs * self.chunk_steps / chunk_seconds if chunk_seconds > 0 else 0.0
-        logged = [scalars(spec, latest, steps_per_s) for spec in self.specs]
-        for name, backend in list(self.backends.items()):
-            self._call(name, lambda b=backend: b.log(t, logged))
+        self._log(self.backends, t, latest, steps_per_s)
         self.seconds += time.monotonic() - started
         self.evaluations += 1
         self.chunk_seconds += chunk_seconds
+
+    def replay(self, eval_times: list[int], history: dict[str, list]) -> None:
+        """A resumed run's evaluations before its checkpoint, to the trackers that may have
+        lost some (W&B: a killed process's last records; each tracker skips the steps its run
+        holds already). Their steps per second are not known again, so not logged."""
+        replaying = {n: b for n, b in self.backends.items() if getattr(b, "replays", False)}
+        for i, t in enumerate(eval_times):
+            latest = {name: np.asarray(values[i]) for name, values in history.items()}
+            self._log(replaying, t, latest, None)
+
+    def _log(self, backends: dict, t: int, latest: dict, steps_per_s: float | None) -> None:
+        logged = [scalars(spec, latest, steps_per_s) for spec in self.specs]
+        for name, backend in list(backends.items()):
+            if name in self.backends:  # not dropped meanwhile
+                self._call(name, lambda b=backend: b.log(t, logged))
 
     def run_ids(self) -> dict:
         """What the checkpoint keeps so that a resumed run continues the same runs (W&B's run
@@ -210,7 +225,9 @@ def open_listener(
             configs = [{**spec.config, "provenance": setup.provenance} for spec in specs]
             backends["wandb"] = _open_wandb(trackers, specs, configs, saved_ids.get("wandb", {}))
     opened = {name: backend for name, backend in backends.items() if backend}
-    return Listener(specs, opened, saved_ids, cfg["eval_frequency"], quiet)
+    listener = Listener(specs, opened, saved_ids, cfg["eval_frequency"], quiet)
+    listener.replay(progress.eval_times, progress.history)
+    return listener
 
 
 def _open_tensorboard(folder: str, specs, hyperparameters, first_step: int):
