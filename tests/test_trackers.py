@@ -182,7 +182,7 @@ loaded = sorted(m for m in ("wandb", "tensorboard", "tensorboardX") if m in sys.
 assert not loaded, loaded
 asked = trackers.Trackers(tensorboard={str(tmp_path / "tb")!r})
 trackers.open_listener(asked, "run", setup, Progress.start([])).close()
-assert "tensorboardX" in sys.modules and "wandb" not in sys.modules
+assert "tensorboard" in sys.modules and "wandb" not in sys.modules
 """
     process = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path
