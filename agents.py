@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from replay_buffer import Transition
+from replay_buffer import BufferState, ReplayBuffer, Transition
 
 Params = Any  # a haiku parameter tree
 HParams = dict[str, jax.Array]  # traced hyperparameters, float32 scalars keyed by config name
@@ -332,3 +332,50 @@ def select_action(q: jax.Array, key: jax.Array, strategy: str, hp: HParams) -> j
         explore = jax.random.uniform(explore_key) < hp["epsilon"]
         return jnp.where(explore, random_action, jnp.argmax(q))
     raise ValueError(f"exploration_strat: unknown {strategy!r}")  # the schema admits none
+
+
+# --------------------------------------------------------------------------------------------
+# What an agent is to the run machinery (`training/loop.py` steps it, one seed at a time)
+# --------------------------------------------------------------------------------------------
+
+
+class Agent(NamedTuple):
+    """An agent's own ideas as pure functions of one seed (the runner adds the seed axis)."""
+
+    # key -> (Learner, BufferState): initial parameters, optimiser states and an empty buffer
+    init: Callable[[jax.Array], tuple[Learner, BufferState]]
+    # (learner, obs [d], key) -> action values [A]; a latent model encodes obs with a sample
+    q_values: Callable[[Learner, jax.Array, jax.Array], jax.Array]
+    # (buffer, env state before the step, transition) -> buffer
+    store: Callable[[BufferState, Any, Transition], BufferState]
+    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
+    # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
+    update: Callable[[Learner, BufferState, jax.Array, HParams], Any]
+    # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps
+    saved_params: Callable[[Learner], dict]
+    # names of the diagnostics `update` reports besides the learner (`Q_DIAGNOSTICS`
+    # and the model's loss terms): each a float32 scalar, recorded in `.out` per evaluation
+    diagnostics: tuple[str, ...] = ()
+
+
+def store_transition(replay: ReplayBuffer):
+    """`Agent.store` of the agents that replay real transitions."""
+    return lambda buffer, env_state, transition: replay.add(buffer, transition)
+
+
+def acting_on_observations(q_net: hk.Transformed):
+    """`Agent.q_values` of the agents whose Q reads the observation itself (not a latent)."""
+    return lambda learner, obs, key: q_net.apply(learner.q_params, obs)
+
+
+def model_free_agent(q_net: hk.Transformed, init, store, update) -> Agent:
+    """An agent without a learned model (ER, the perfect model): Q acts on observations,
+    `.params` keeps Q, and the update reports the Q step's diagnostics."""
+    return Agent(
+        init=init,
+        q_values=acting_on_observations(q_net),
+        store=store,
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params},
+        diagnostics=Q_DIAGNOSTICS,
+    )

@@ -1,6 +1,7 @@
 """What the observation-space model and the latent model share: the reward and continuation
-heads, the negative log-likelihoods their losses are made of, and the names their loss terms
-have in `.out` (SPEC sections 4 and 8).
+heads, the negative log-likelihoods their losses are made of, the weighted loss and the model's
+gradient step (`model_step`), the names their loss terms have in `.out`, and the agent they
+make (`learned_model_agent`) (SPEC sections 4 and 8).
 
 The heads read an input (an observation or a latent) with the action one-hot after it.
 """
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 
 import agents
 from agents import MLPConfig, mlp_torso, transform, with_action
+from replay_buffer import ReplayBuffer
 
 
 class _ActionConditionedHead(hk.Module):
@@ -117,3 +119,17 @@ def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str,
 
 def model_diagnostic_names(term_names) -> tuple[str, ...]:
     return ("model_loss", *(f"model_{name}" for name in term_names))
+
+
+def learned_model_agent(q_values, init, replay: ReplayBuffer, update, model_terms) -> agents.Agent:
+    """An agent with a learned model (simple, latent): it stores real transitions, `.params`
+    keeps Q and the model, and the update reports the model's loss and each of its
+    `model_terms` too."""
+    return agents.Agent(
+        init=init,
+        q_values=q_values,
+        store=agents.store_transition(replay),
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params, "model": learner.model_params},
+        diagnostics=agents.Q_DIAGNOSTICS + model_diagnostic_names(model_terms),
+    )

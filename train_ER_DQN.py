@@ -15,7 +15,7 @@ from training.definition import AgentDefinition
 STEP_SIZE_KEY = "alpha_adam"
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     obs_size = loop.observation_size(env)
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
@@ -29,7 +29,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         batch = agents.to_q_batch(replay.sample(buffer, key, cfg["batch_size"]))
         return agents.q_learning_step(q_net, learner, batch, hp, STEP_SIZE_KEY, cfg["double_DQN"])
 
-    return loop.model_free_agent(q_net, init, loop.store_transition(replay), update)
+    return agents.model_free_agent(q_net, init, agents.store_transition(replay), update)
 
 
 def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:

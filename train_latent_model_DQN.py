@@ -169,7 +169,7 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 # --------------------------------------------------------------------------------------------
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     num_actions, obs_size = env.num_actions(), loop.observation_size(env)
     latent_size = latent_model.LatentConfig.from_config(cfg).size
     nets = build_networks(cfg, num_actions, obs_size)
@@ -204,7 +204,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         )
         return learner, {**q_diagnostics, **model_diagnostics}
 
-    return loop.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
+    return model_parts.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
 
 
 def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:

@@ -53,7 +53,7 @@ def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch
     return jax.lax.scan(step, carry, jax.random.split(key, length))[1]
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     obs_size = loop.observation_size(env)
     states = state_buffer(env, cfg["buffer_size"])
@@ -84,7 +84,7 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         # One gradient for the B*L transitions (the reference computes it twice, SPEC §12 Q4).
         return agents.q_learning_step(q_net, learner, batch, hp, STEP_SIZE_KEY, cfg["double_DQN"])
 
-    return loop.model_free_agent(q_net, init, store, update)
+    return agents.model_free_agent(q_net, init, store, update)
 
 
 def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:

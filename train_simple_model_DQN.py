@@ -119,7 +119,7 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
     return jax.lax.scan(step, carry, keys)[1]
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
     obs_size = loop.observation_size(env)
@@ -153,8 +153,8 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         )
         return learner, {**q_diagnostics, **model_diagnostics}
 
-    q_values = loop.acting_on_observations(q_net)
-    return loop.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
+    q_values = agents.acting_on_observations(q_net)
+    return model_parts.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
 
 
 def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from agents import Agent
 from training import config, loop
 from training.files import make_writable_dir
 from training.saved_programs import SavedProgramJit, program_key
@@ -29,8 +30,8 @@ def _default_xla_flag(flag: str, value) -> None:
 
 # XLA's CPU backend hands both matrix products and element-wise fusions to YNNPACK by default.
 # For the small batched MLPs here the element-wise fusions are slower than XLA's own loops
-# (update time at 8 seeds: simple model -25%, Gaussian latent -25%, categorical latent -8%,
-# ER and perfect model unchanged; README "Performance").
+# (update time at 8 seeds up to 25% lower for the learned models, unchanged without one;
+# README "Performance").
 _default_xla_flag("--xla_cpu_experimental_ynn_fusion_type", "dot")
 # One CPU device per core. The (grid point, seed) pairs are sharded across them
 # (`pair_sharding`), so each core runs its own pairs' updates: one seed's matrix products (batch
@@ -80,7 +81,7 @@ def with_matmul_precision(fn, precision: str):
 
 
 def compile_run(
-    agent: loop.Agent,
+    agent: Agent,
     env,
     cfg: dict,
     num_points: int = 1,
@@ -106,7 +107,7 @@ def compile_run(
     )
 
 
-def run_functions(agent: loop.Agent, env, cfg: dict, num_points: int, pairs) -> dict:
+def run_functions(agent: Agent, env, cfg: dict, num_points: int, pairs) -> dict:
     """The run's three functions over every (grid point, seed) pair, each with its `jax.jit`
     arguments: `init` (keys [S] -> states [G, S]), `chunk` (one chunk of `eval_frequency`
     steps) and `evaluate` (greedy scores [G, S]), traced at the config's matmul precision.
@@ -126,7 +127,7 @@ def run_functions(agent: loop.Agent, env, cfg: dict, num_points: int, pairs) -> 
 
     # A CPU device runs its block's grid points one after another, each a chunk of its seeds:
     # one point's parameters and optimiser states stay in the caches through an update, where
-    # all points at once would stream every point's from memory in each pass of the update (ER,
+    # all points at once would stream every point's from memory in each pass of the update (a
     # 3 x 3 grid x 8 seeds, summed steady rate 762 -> 976 steps/s; one 8-seed run: 960). A GPU
     # runs them all at once: its rate grows with the batch (README, Performance).
     point_by_point = mesh.devices.flat[0].platform == "cpu"
@@ -208,7 +209,7 @@ def enable_compilation_cache() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def state_shapes(agent: loop.Agent, env, num_points: int, num_seeds: int):
+def state_shapes(agent: Agent, env, num_points: int, num_seeds: int):
     """The training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front: traced from one
     seed's initial state, neither compiled nor allocated."""
     one = jax.eval_shape(lambda key: loop.init_seed(agent, env, key), jax.random.PRNGKey(0))

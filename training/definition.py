@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from agents import Agent
 from training import schema
-from training.loop import Agent
 
 
 class AgentDefinition(NamedTuple):
     """One agent, as the machinery sees it."""
 
     agent_type: str  # the config's `agent_type`, written into every `.out` it produces
-    # (validated config, environment) -> the agent's pure functions (`loop.Agent`)
+    # (validated config, environment) -> the agent's pure functions (`agents.Agent`)
     build_agent: Callable[[dict, Any], Agent]
     step_size_key: str  # the Q network's step size: where Figure 4's "Step-Size" goes
     families: tuple[str, ...]  # the key families it reads beyond every agent's (`schema`)

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 import environments
-from agents import HParams
+from agents import Agent, HParams
 from training import checkpoint, config, files, paths, provenance, results
 from training.compilation import (
     CompiledRun,
@@ -40,7 +40,6 @@ from training.compilation import (
     temporaries_bytes,
 )
 from training.definition import AgentDefinition
-from training.loop import Agent
 from training.schema import checkpoint_every
 
 

@@ -5,7 +5,7 @@ sets up, never a copy of it.
 FLOPs are counted from the layer sizes by each agent's own `flops_per_step` (its definition,
 with `agents.mlp_flops`). XLA's own cost analysis of the compiled update was compared once and
 does not give the same numbers: it counts the body of a `lax.scan` (a rollout) once rather than
-once per step, and the categorical latent's one-hot products as gathers (README, "Performance").
+once per step, and one-hot products as gathers (README, "Performance").
 """
 
 from __future__ import annotations
