@@ -191,7 +191,7 @@ class Job(NamedTuple):
 
 
 def all_cells() -> list[Cell]:
-    return [Cell(a, e, r) for a in AGENTS for e in ENVIRONMENTS for r in REGIMES]
+    return [Cell(a, e, r) for a in TABLE for e in ENVIRONMENTS for r in REGIMES]
 
 
 def config_path(cell: Cell) -> str:
