@@ -137,8 +137,8 @@ def run(
     accept_version_change: bool = False,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent of `definition` into
-    files named
-    `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
+    files named `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and
+    `.ckpt` (`paths.py`); with
     `resume`, go on from `<output>.ckpt` when there is one (`accept_version_change`: even if
     another version of the code or libraries wrote it). The run holds `<output>.lock` while it
     trains. Raises `RunError`, whose message is the one line the command line prints, before
