@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent_registry import AGENTS, ROOT
-from training import checkpoint, experiment, loop, measure
+from training import checkpoint, experiment, measure
 from training.cli import OneLineErrorParser
 from training.schema import SCHEMA, checkpoint_every
 
@@ -110,7 +110,7 @@ def measure_agent(
     timing, _ = measure.time_run(setup, program_dir, on_chunks=timed_chunks + 1)
     steps_per_second = CHUNK_STEPS * timing.pairs / float(np.median(timing.on_s[1:]))
     env, cfg = setup.env, setup.cfg
-    sizes = loop.observation_size(env), env.num_actions()
+    sizes = env.observation_size, env.num_actions()
     flops = measure.flops_per_step(cfg["agent_type"], cfg, *sizes)
     gflops = flops * steps_per_second / 1e9
     peak = measure.matmul_gflops()

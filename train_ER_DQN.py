@@ -16,7 +16,7 @@ AGENT_TYPE = "ER"  # the config's agent_type: which keys it reads (training/sche
 
 def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
 
     def init(key):

@@ -54,7 +54,7 @@ def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch
 
 def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     states = state_buffer(env, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 

@@ -35,7 +35,7 @@ class ModelNetworks(NamedTuple):
 
 def model_networks(cfg: dict, env) -> ModelNetworks:
     num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     return ModelNetworks(
         reward=model_parts.reward_network(num_actions, mlp),
         termination=model_parts.termination_network(num_actions, mlp),
@@ -135,7 +135,7 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
 def build_agent(cfg: dict, env) -> loop.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 
