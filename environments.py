@@ -79,8 +79,9 @@ class Environment:
     Built from keyword arguments with defaults (the config's ``env_config``: accepted keys and
     their types are the constructor's keywords and the types of their defaults; `config_errors`
     checks the values). Sizes are Python ints fixed at construction (static under ``jax.jit``);
-    the constructor sets ``observation_size`` (int) and ``spontaneous_probability`` (float: the
-    per-step probability of its spontaneous event, 0.0 when switched off). Every method is a
+    the constructor sets ``observation_size`` (int) and may set ``spontaneous_probability``
+    (float: the per-step probability of its spontaneous event, 0.0 when off or absent). Every
+    method is a
     pure function of its arguments, so it can be jitted and vmapped:
 
     - ``reset(key) -> (state, obs)``
@@ -93,7 +94,7 @@ class Environment:
     state_type: type
     episodic: bool
     observation_size: int
-    spontaneous_probability: float
+    spontaneous_probability = 0.0
 
     @staticmethod
     def config_errors(config: dict) -> list[str]:
@@ -502,15 +503,8 @@ class PanFlute(Environment):
 
 
 # --------------------------------------------------------------------------------------------
-# Registry and validated construction
+# Validated construction, and the one list of environments
 # --------------------------------------------------------------------------------------------
-
-# The one list of environments: a config's `environment` is a class name from it.
-ENVIRONMENT_CLASSES = (ProcMaze, ButtonGrid, PanFlute, OpenGrid)
-
-ENVIRONMENTS = {cls.__name__: cls for cls in ENVIRONMENT_CLASSES}
-# Every environment's state type: the pytrees a saved program names (`saved_programs`).
-STATE_TYPES = tuple(cls.state_type for cls in ENVIRONMENT_CLASSES)
 
 
 def _grid_size_errors(config: dict) -> list[str]:
@@ -550,7 +544,12 @@ def _check_config(cls: type, config: dict) -> None:
             )
     for key, value in config.items():
         expected = type(defaults[key])
-        ok = isinstance(value, bool | np.bool_) if expected is bool else _is_int(value)
+        if expected is bool:
+            ok = isinstance(value, bool | np.bool_)
+        elif expected is float:
+            ok = _is_int(value) or isinstance(value, float | np.floating)
+        else:
+            ok = _is_int(value)
         if not ok:
             raise ValueError(
                 f"env_config: {key!r} for {name} must be {expected.__name__}, "
@@ -578,3 +577,11 @@ def make_environment(name: str, env_config: dict | None = None):
     cls = ENVIRONMENTS[name]
     _check_config(cls, env_config)
     return cls(**env_config)
+
+
+# The one list of environments: a config's `environment` is a class name from it.
+ENVIRONMENT_CLASSES = (ProcMaze, ButtonGrid, PanFlute, OpenGrid)
+
+ENVIRONMENTS = {cls.__name__: cls for cls in ENVIRONMENT_CLASSES}
+# Every environment's state type: the pytrees a saved program names (`saved_programs`).
+STATE_TYPES = tuple(cls.state_type for cls in ENVIRONMENT_CLASSES)

@@ -756,7 +756,7 @@ def test_declared_interface_matches_what_the_environment_does(name):
     assert issubclass(cls, Environment) and isinstance(cls.episodic, bool)
     assert cls.state_type in STATE_TYPES and issubclass(cls.state_type, tuple)
     defaults = constructor_defaults(cls)
-    assert all(isinstance(value, bool | int) for value in defaults.values()), defaults
+    assert all(isinstance(value, bool | int | float) for value in defaults.values()), defaults
     assert cls.config_errors(defaults) == []
     env = make_environment(name, CONFIGS.get(name, {}))
     assert isinstance(env.num_actions(), int) and env.num_actions() >= 1
