@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent_registry import AGENTS
 from environments import (
     ENVIRONMENT_CLASSES,
     ENVIRONMENTS,
@@ -35,7 +36,10 @@ from environments import (
     ProcMazeState,
     make_environment,
 )
-from training import saved_programs  # noqa: F401  (registers the state types with jax.export)
+from training import (
+    experiment,
+    saved_programs,  # noqa: F401  (registers the state types with jax.export)
+)
 
 NOOP, UP, LEFT, DOWN, RIGHT = range(5)
 NUM_MAZES = 200  # batch size of the maze property tests and the jit/vmap test
@@ -818,3 +822,18 @@ def test_any_env_config_builds_or_is_one_line(name, data):
         assert "\n" not in str(error) and name in str(error), str(error)
     else:
         assert isinstance(env, ENVIRONMENTS[name])
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_episodic_env_must_say_what_the_environment_is(name):
+    """A config whose `episodic_env` contradicts its environment stops in one line before
+    anything compiles; the right value sets up the run."""
+    episodic = ENVIRONMENTS[name].episodic
+    raw = {**AGENTS["ER"].shipped(), "environment": name, "env_config": {}, "num_seeds": 1}
+    raw.update(num_hidden_units=8, batch_size=8, buffer_size=100)
+    assert experiment.prepare(AGENTS["ER"].definition, {**raw, "episodic_env": episodic}).env
+    with pytest.raises(experiment.RunError) as info:
+        experiment.prepare(AGENTS["ER"].definition, {**raw, "episodic_env": not episodic})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("config error: episodic_env: ")
+    assert name in message and f"must be {str(episodic).lower()}" in message
