@@ -9,7 +9,7 @@ import jax
 
 import agents
 import replay_buffer
-from training import cli, loop, schema
+from training import cli, schema
 from training.definition import AgentDefinition
 
 STEP_SIZE_KEY = "alpha_adam"
@@ -17,7 +17,7 @@ STEP_SIZE_KEY = "alpha_adam"
 
 def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
 
     def init(key):

@@ -21,7 +21,7 @@ import agents
 import latent_model
 import model_parts
 import replay_buffer
-from training import cli, loop, schema
+from training import cli, schema
 from training.definition import AgentDefinition
 
 STEP_SIZE_KEY = "Q_alpha"
@@ -170,7 +170,7 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 
 
 def build_agent(cfg: dict, env) -> agents.Agent:
-    num_actions, obs_size = env.num_actions(), loop.observation_size(env)
+    num_actions, obs_size = env.num_actions(), env.observation_size
     latent_size = latent_model.LatentConfig.from_config(cfg).size
     nets = build_networks(cfg, num_actions, obs_size)
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])

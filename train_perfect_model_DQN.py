@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 import agents
 import replay_buffer
-from training import cli, loop, schema
+from training import cli, schema
 from training.definition import AgentDefinition
 
 STEP_SIZE_KEY = "alpha_adam"
@@ -55,7 +55,7 @@ def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch
 
 def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     states = state_buffer(env, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 

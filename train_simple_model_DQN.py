@@ -19,7 +19,7 @@ import agents
 import model_parts
 import observation_model
 import replay_buffer
-from training import cli, loop, schema
+from training import cli, schema
 from training.definition import AgentDefinition
 
 STEP_SIZE_KEY = "Q_alpha"
@@ -36,7 +36,7 @@ class ModelNetworks(NamedTuple):
 
 def model_networks(cfg: dict, env) -> ModelNetworks:
     num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     return ModelNetworks(
         reward=model_parts.reward_network(num_actions, mlp),
         termination=model_parts.termination_network(num_actions, mlp),
@@ -122,7 +122,7 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
 def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
     batch_size = cfg["batch_size"]
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import environments
 from agent_registry import AGENTS
 from figure4.plan import Cell, Plan, final_job, sized, table_config, tune_job
-from training import experiment, loop, measure
+from training import experiment, measure
 
 MEASURE_STEPS = 25  # environment steps per timed chunk
 NEEDS_GPUS_HOURS = 24.0
@@ -51,7 +51,7 @@ def update_flops(definition, cfg: dict) -> float:
     """Matmul FLOPs of one update of one seed (one update minus none), used to carry the
     measured update time from ProcMaze to the other environments."""
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    sizes = loop.observation_size(env), env.num_actions()
+    sizes = env.observation_size, env.num_actions()
     one = definition.flops_per_step({**cfg, "updates_per_step": 1}, *sizes)
     return one - definition.flops_per_step({**cfg, "updates_per_step": 0}, *sizes)
 

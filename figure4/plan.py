@@ -18,6 +18,7 @@ import json
 import os
 from typing import NamedTuple
 
+import environments
 from agent_registry import AGENTS, ROOT
 from training import config, paths, results
 from training.files import write_atomic
@@ -30,7 +31,7 @@ METRIC = results.DEFAULT_METRIC
 
 class EnvSpec(NamedTuple):
     env_config: dict  # ProcMaze as the shipped configs; the others at their defaults (SPEC §2)
-    episodic: bool  # ButtonGrid and PanFlute are continuing
+    episodic: bool  # the environment's own (`environments.Environment.episodic`)
 
 
 class Cell(NamedTuple):
@@ -43,10 +44,11 @@ class Cell(NamedTuple):
         return f"{self.agent}_{self.env}_{self.regime}"
 
 
+# The paper's environments and the env_config of each in Figure 4.
+FIGURE4_ENV_CONFIGS = {"ProcMaze": {"grid_size": 4}, "ButtonGrid": {}, "PanFlute": {}}
 ENVIRONMENTS = {
-    "ProcMaze": EnvSpec({"grid_size": 4}, True),
-    "ButtonGrid": EnvSpec({}, False),
-    "PanFlute": EnvSpec({}, False),
+    name: EnvSpec(env_config, environments.ENVIRONMENTS[name].episodic)
+    for name, env_config in FIGURE4_ENV_CONFIGS.items()
 }
 # The shipped configs are the High Data regime; Low Data changes these four keys (SPEC §2).
 REGIMES = {

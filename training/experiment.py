@@ -99,6 +99,12 @@ def prepare(definition: AgentDefinition, cfg, seed: int = 0) -> Setup:
             cfg = config.validate_config(cfg, definition)
         cfg = {**cfg, "agent_type": definition.agent_type, "seed": seed}
         env = environments.make_environment(cfg["environment"], cfg["env_config"])
+        if cfg["episodic_env"] != env.episodic:  # the reference's key, kept for its configs
+            kind = "episodic" if env.episodic else "continuing"
+            raise config.ConfigError(
+                f"episodic_env: {cfg['environment']} is {kind}, so it must be "
+                f"{str(env.episodic).lower()}, got {str(cfg['episodic_env']).lower()}"
+            )
         agent = definition.build_agent(cfg, env)
         points, axes = config.grid_points(cfg), config.grid_axes(cfg)
         shapes = state_shapes(agent, env, len(points), cfg["num_seeds"])

@@ -9,7 +9,6 @@ scores each seed greedily after the chunk (`evaluate`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -215,9 +214,3 @@ def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):
         return score if cfg["episodic_env"] else score / cfg["eval_steps"]
 
     return jnp.mean(jax.vmap(one_env)(jax.random.split(key, cfg["eval_batch_size"])))
-
-
-def observation_size(env) -> int:
-    """Length of the flat observation vector of `env`."""
-    obs = jax.eval_shape(lambda: env.reset(jax.random.PRNGKey(0))[1])
-    return math.prod(obs.shape)
