@@ -456,7 +456,7 @@ class PanFlute:
 # Registry and validated construction
 # --------------------------------------------------------------------------------------------
 
-# Every environment's state type (the pytrees a saved program names, `experiment`).
+# Every environment's state type (the pytrees a saved program names, `saved_programs`).
 STATE_TYPES = (ProcMazeState, OpenGridState, ButtonGridState, PanFluteState)
 
 ENVIRONMENTS = {
