@@ -231,3 +231,42 @@ def test_every_module_pointer_names_a_definition(rel):
         if (problem := stale_pointer(named))
     ]
     assert not stale, "pointers to names their module does not define:\n" + "\n".join(stale)
+
+
+# --------------------------------------------------------------------------------------------
+# The README's code map
+# --------------------------------------------------------------------------------------------
+
+
+def code_map_entries() -> list[str]:
+    """What the first column of the code map's table names: files, folders, patterns."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Code map")
+    end = text.find("\n## ", start + 1)
+    rows = [line.split("|") for line in text[start:end].splitlines() if line.startswith("|")]
+    return [name for row in rows[2:] for name in re.findall(r"`([^`]+)`", row[1])]
+
+
+def test_the_code_map_names_only_what_exists():
+    entries = code_map_entries()
+    assert "agents.py" in entries
+    missing = [
+        name
+        for name in entries
+        if not any(
+            fnmatch.fnmatchcase(str(rel), name.rstrip("/") + ("/*" if name.endswith("/") else ""))
+            for rel in repository_files()
+        )
+    ]
+    assert not missing, f"the README's code map names what the repository lacks: {missing}"
+
+
+def test_every_module_has_a_row_in_the_code_map():
+    entries = [name for name in code_map_entries() if not name.endswith("/")]
+    absent = [
+        str(rel)
+        for rel in repository_files()
+        if rel.suffix == ".py" and rel.parts[0] != "tests"
+        if not any(fnmatch.fnmatchcase(str(rel), name) for name in entries)
+    ]
+    assert not absent, f"modules without a row in the README's code map: {absent}"
