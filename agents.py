@@ -149,6 +149,29 @@ def q_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
     return transform(lambda x: QFunction(num_actions, mlp)(x))
 
 
+# FLOP counts from the layer sizes: each agent's `flops_per_step` (its definition) adds them up
+# for the benchmark's FLOP rate and the Figure 4 estimate (`training/measure.py`). A forward
+# pass is 2 * fan_in * fan_out per layer and sample, forward + backward 3x that.
+
+
+def mlp_flops(fan_in: int, fan_out: int, cfg: dict) -> int:
+    """Forward matmul FLOPs of one sample through an MLP of the config's torso."""
+    h, n = cfg["num_hidden_units"], cfg["num_hidden_layers"]
+    return 2 * (fan_in * h + (n - 1) * h * h + h * fan_out)
+
+
+def q_step_flops(samples: int, q_forward: int, cfg: dict) -> int:
+    """A Q-learning step on `samples` transitions: forward and backward on s, the target's
+    forward on s' (double DQN adds the online network's forward on s')."""
+    target_forwards = 2 if cfg.get("double_DQN") else 1
+    return samples * (3 * q_forward + target_forwards * q_forward)
+
+
+def per_step_flops(cfg: dict, act: int, update: int) -> int:
+    """One environment step of one seed: acting, and `updates_per_step` updates."""
+    return act + cfg.get("updates_per_step", 1) * update
+
+
 # --------------------------------------------------------------------------------------------
 # Optimiser (SPEC §5)
 # --------------------------------------------------------------------------------------------
@@ -198,6 +221,12 @@ class QBatch(NamedTuple):
     next_obs: Any  # [N, d] s_t, the same kind
     continuation: jax.Array  # [N] c_t: 0 terminal / 1 otherwise, or the model's probability
     weight: jax.Array  # [N] w: 0 after a rollout's first terminal transition, else 1
+
+
+def flatten_rollouts(rollouts: QBatch) -> QBatch:
+    """`N` rollouts of `L` steps (leaves [N, L, ...]) as one batch of `N * L` transitions for
+    the Q step: the perfect, simple and latent models' rollouts alike."""
+    return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rollouts)
 
 
 def q_learning_loss(q_tm1, a_tm1, r_t, c_t, q_t_target, q_t_online, w, gamma, double_dqn: bool):

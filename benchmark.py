@@ -17,8 +17,8 @@ reports:
 - steps/s: environment steps per second summed over seeds, training on, after compilation
   (median over timed chunks, evaluation excluded);
 - GFLOP/s: matrix-multiply FLOPs per environment step, counted from the layer sizes by
-  `measure.flops_per_step` (forward = 2·fan_in·fan_out per layer and sample, forward + backward = 3×
-  forward, target and rollout forwards once), times steps/s;
+  each agent's `flops_per_step` (its definition; forward = 2·fan_in·fan_out per layer and sample,
+  forward + backward = 3× forward, target and rollout forwards once), times steps/s;
 - roofline: that rate over XLA's own dense float32 matmul throughput measured in the same
   process (`measure.matmul_gflops`);
 - peak memory: the process's peak RSS, and the device's peak bytes on a GPU.
@@ -47,13 +47,14 @@ import numpy as np
 
 from agent_registry import AGENTS, ROOT
 from training import checkpoint, experiment, loop, measure
-from training.cli import OneLineErrorParser
+from training.flags import OneLineErrorParser
 from training.schema import SCHEMA, checkpoint_every
 
 CHUNK_STEPS = 250  # environment steps per timed chunk
 SHIPPED_RUN_STEPS = 1_000_000  # a shipped config's run, for the checkpoints' share of it
 # The reference's figures on a 2-core AVX2 machine (issue 6): steps/s at 1 / 8 / 30 seeds,
-# peak RSS in GB at 8 / 30 seeds, compile seconds (upper end of the range).
+# peak RSS in GB at 8 / 30 seeds, compile seconds (upper end of the range). Data about the
+# paper's five agents: an agent of the registry without a row here is measured without them.
 REFERENCE = {
     "ER": {"steps": {1: 480, 8: 412, 30: 422}, "rss": {8: 1.5, 30: 3.9}, "compile": 15},
     "perfect_model": {"steps": {1: 270, 8: 185, 30: 256}, "rss": {8: 0.8, 30: 1.1}, "compile": 18},
@@ -88,7 +89,7 @@ def grid_changes(name: str) -> dict:
 def prepare(name: str, raw: dict) -> experiment.Setup:
     """The run of `raw`, set up as every run is (`experiment.prepare`)."""
     spec = AGENTS[name]
-    return experiment.prepare(spec.agent_type, spec.build_agent, raw)
+    return experiment.prepare(spec.definition, raw)
 
 
 def measure_agent(
@@ -111,7 +112,7 @@ def measure_agent(
     steps_per_second = CHUNK_STEPS * timing.pairs / float(np.median(timing.on_s[1:]))
     env, cfg = setup.env, setup.cfg
     sizes = loop.observation_size(env), env.num_actions()
-    flops = measure.flops_per_step(cfg["agent_type"], cfg, *sizes)
+    flops = AGENTS[name].definition.flops_per_step(cfg, *sizes)
     gflops = flops * steps_per_second / 1e9
     peak = measure.matmul_gflops()
     device = jax.devices()[0]

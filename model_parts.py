@@ -11,6 +11,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+import agents
 from agents import MLPConfig, mlp_torso, transform, with_action
 
 
@@ -88,6 +89,24 @@ def observation_nll(obs_dist: dict[str, jax.Array], obs: jax.Array) -> jax.Array
     if "logit" in obs_dist:
         return jnp.sum(bernoulli_nll(obs, obs_dist["logit"]), axis=-1)
     return jnp.sum(gaussian_nll(obs, obs_dist["mu"], obs_dist["sigma"]), axis=-1)
+
+
+def weighted_loss(terms: dict[str, jax.Array], hp: agents.HParams, weights: dict[str, str]):
+    """A model's loss: its terms, each times the traced hyperparameter its loss-weight table
+    (`weights`: term -> config key) names, summed in the order of `terms` (float sums depend on
+    the order: each model keeps the reference's)."""
+    return sum(hp[weights[name]] * value for name, value in terms.items())
+
+
+def model_step(loss_fn, learner: agents.Learner, hp: agents.HParams):
+    """One AdamW step (`model_alpha`) of all the model's networks together on
+    `loss_fn(params) -> (weighted loss, {term: batch mean})`. Returns (learner, diagnostics):
+    the weighted loss before the step and each term's batch mean (`model_diagnostics`)."""
+    params, opt_state, loss, terms = agents.gradient_step(
+        loss_fn, learner.model_params, learner.model_opt, hp, "model_alpha"
+    )
+    learner = learner._replace(model_params=params, model_opt=opt_state)
+    return learner, model_diagnostics(loss, terms)
 
 
 def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str, jax.Array]:

@@ -39,9 +39,9 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, provenance
-from training.cli import MAX_SEED, OneLineErrorParser, number
+from training import checkpoint, config, paths, provenance
 from training.files import WriteError, make_writable_dir, write_atomic
+from training.flags import MAX_SEED, OneLineErrorParser, number
 from training.results import ResultsError
 
 PROG = "reproduce_figure4.py"
@@ -55,7 +55,7 @@ def check_configs(jobs: list[Job]) -> None:
     """Validate every config before any job starts: a bad one is one line, not 30 failed jobs."""
     for job in jobs:
         try:
-            config.validate_config(job.raw, AGENTS[job.cell.agent].agent_type)
+            config.validate_config(job.raw, AGENTS[job.cell.agent].definition)
         except config.ConfigError as error:
             raise UserError(f"{job.stage} {job.cell.name}: config error: {error}") from None
 
@@ -91,7 +91,7 @@ def pending_jobs(jobs: list[Job], args) -> list[Job]:
         )
     if args.other_versions == "redo":
         for job in others:  # from step 0: their checkpoints are that version's too
-            checkpoint.remove(job.prefix + ".ckpt")
+            checkpoint.remove(paths.checkpoint(job.prefix))
     pending = [job for job in jobs if states[job.prefix] not in done(args.other_versions)]
     if len(pending) < len(jobs):
         print(f"{jobs[0].stage}: {len(jobs) - len(pending)} of {len(jobs)} jobs already finished")

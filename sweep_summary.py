@@ -44,8 +44,8 @@ from matplotlib.patches import Rectangle
 
 import plot_metric  # selects the Agg backend when there is no display
 from training import results
-from training.cli import OneLineErrorParser
 from training.files import save_png_atomic
+from training.flags import OneLineErrorParser
 from training.results import DEFAULT_METRIC, ResultsError
 from training.schema import HOST_ONLY_KEYS, is_number, same_value, setting
 

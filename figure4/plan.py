@@ -19,7 +19,7 @@ import os
 from typing import NamedTuple
 
 from agent_registry import AGENTS, ROOT
-from training import config, results
+from training import config, paths, results
 from training.files import write_atomic
 from training.schema import same_value
 
@@ -259,11 +259,13 @@ def tune_job(cell: Cell, plan: Plan) -> Job:
     axes = {key: list(plan.step_sizes), "softmax_temp": list(plan.temperatures)}
     grid = {**raw, **axes}
     prefix = os.path.join(plan.out_dir, "tune", cell.name)
-    outputs = []
-    for point in config.grid_points(grid):  # the grid run's own names for its points' files
-        values = {name: point[name] for name in axes}
-        path = f"{prefix}_{config.point_name(point, config.grid_axes(grid))}.out"
-        outputs.append(Output(path, {**raw, **values, "seed": plan.seed}))
+    points = config.grid_points(grid)
+    outputs = [  # the grid run's own names for its points' files
+        Output(paths.out(point_prefix), {**raw, **{k: point[k] for k in axes}, "seed": plan.seed})
+        for point, point_prefix in zip(
+            points, paths.point_prefixes(prefix, points, config.grid_axes(grid)), strict=True
+        )
+    ]
     return Job("tune", cell, grid, axes, prefix + ".json", prefix, tuple(outputs))
 
 
@@ -276,7 +278,7 @@ def final_job(cell: Cell, plan: Plan) -> Job:
             raw = json.load(f)
     raw = sized(raw, plan.preset)
     prefix = os.path.join(final_dir(plan.out_dir, plan.hyperparameters), cell.name)
-    output = Output(prefix + ".out", {**raw, "seed": plan.seed})
+    output = Output(paths.out(prefix), {**raw, "seed": plan.seed})
     return Job("final", cell, raw, {}, prefix + ".json", prefix, (output,))
 
 
@@ -320,7 +322,7 @@ def job_state(job: Job, versions: dict) -> str:
 def main() -> None:
     files = generate()
     for cell in all_cells():  # every config must load before any file is written
-        config.validate_config(cell_config(cell), AGENTS[cell.agent].agent_type)
+        config.validate_config(cell_config(cell), AGENTS[cell.agent].definition)
     os.makedirs(CONFIG_DIR, exist_ok=True)
     for path, text in files.items():
         write_atomic(path, lambda f, text=text: f.write(text.encode()))

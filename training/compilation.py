@@ -87,17 +87,35 @@ def compile_run(
     devices=None,
     program_dir: str | None = None,
 ) -> CompiledRun:
-    """The loop of `loop.py` for `num_points` grid points x `num_seeds` seeds, jitted once.
+    """The loop of `loop.py` for `num_points` grid points x `num_seeds` seeds, jitted once:
+    the run's functions (`run_functions`), each jitted, or with `program_dir` kept there as
+    traced and lowered programs (`SavedProgramJit`), so that a second launch of the same config
+    skips tracing and lowering."""
+    pairs = pair_sharding(num_points, cfg["num_seeds"], devices)
+    functions = run_functions(agent, env, cfg, num_points, pairs)
+    if program_dir is None:
+        jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}
+        return CompiledRun(pairs, **jitted)
+    run_key = program_key(cfg, pairs, num_points)
+    return CompiledRun(
+        pairs,
+        **{
+            name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
+            for name, (fn, kw) in functions.items()
+        },
+    )
+
+
+def run_functions(agent: loop.Agent, env, cfg: dict, num_points: int, pairs) -> dict:
+    """The run's three functions over every (grid point, seed) pair, each with its `jax.jit`
+    arguments: `init` (keys [S] -> states [G, S]), `chunk` (one chunk of `eval_frequency`
+    steps) and `evaluate` (greedy scores [G, S]), traced at the config's matmul precision.
 
     Pairs are independent, so each device runs the chunk on its own block of them
     (`jax.shard_map`): nothing crosses devices inside a chunk, not even the test whether
     any episode ended (`loop.seeds_step`). Grid points share the seeds' random streams
     (common random numbers): point g, seed s starts from the keys of a single run's seed s.
-
-    With `program_dir`, each function's traced and lowered program is kept there
-    (`SavedProgramJit`), so a second launch of the same config skips tracing and lowering.
     """
-    pairs = pair_sharding(num_points, cfg["num_seeds"], devices)
     mesh = pairs.mesh
     by_point = NamedSharding(mesh, PartitionSpec("grid"))  # hp: the grid axis only
     shared = NamedSharding(mesh, PartitionSpec())  # t0, train and the evaluation keys
@@ -138,7 +156,6 @@ def compile_run(
         return loop.evaluate(agent, env, cfg, learner, key, hp)
 
     evaluate = jax.vmap(jax.vmap(score, in_axes=(0, 0, None)), in_axes=(0, None, 0))
-    precision = cfg["matmul_precision"]
     functions = {
         "init": (init, dict(in_shardings=shared, out_shardings=pairs)),
         # The states are donated so the buffers are updated in place, not copied every chunk.
@@ -152,20 +169,10 @@ def compile_run(
         ),
         "evaluate": (evaluate, dict(in_shardings=(pairs, shared, by_point), out_shardings=pairs)),
     }
-    functions = {
+    precision = cfg["matmul_precision"]
+    return {
         name: (with_matmul_precision(fn, precision), kw) for name, (fn, kw) in functions.items()
     }
-    if program_dir is None:
-        jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}
-        return CompiledRun(pairs, **jitted)
-    run_key = program_key(cfg, pairs, num_points)
-    return CompiledRun(
-        pairs,
-        **{
-            name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
-            for name, (fn, kw) in functions.items()
-        },
-    )
 
 
 def enable_compilation_cache() -> str | None:
