@@ -19,6 +19,7 @@ by the ids the checkpoint keeps (`run_ids`, `checkpoint.Progress.trackers`).
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -27,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from training import config, files
+from training import files, paths
 
 WANDB_MODES = ("online", "offline")
 
@@ -44,6 +45,40 @@ class Trackers(NamedTuple):
     @property
     def any(self) -> bool:
         return bool(self.tensorboard or self.wandb_project)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """The live curves' flags, of every train_*.py (`cli.py`) and of the Figure 4 driver."""
+    parser.add_argument("--tensorboard", metavar="DIR", help="log the curves to TensorBoard in DIR")
+    parser.add_argument("--wandb", metavar="PROJECT", help="log the curves to W&B project PROJECT")
+    parser.add_argument(
+        "--wandb-mode",
+        choices=WANDB_MODES,
+        help="online (default) or offline (compute nodes without internet: `wandb sync` later)",
+    )
+    parser.add_argument(
+        "--per-seed-runs",
+        action="store_true",
+        help="a grid: one tracker run per grid point and seed, and one with their mean (default: "
+        "one run per point, its seeds as series in it)",
+    )
+
+
+def flag_error(args: argparse.Namespace) -> str | None:
+    """The one line for flags that cannot go together (None: they can)."""
+    if args.wandb_mode and not args.wandb:
+        return "--wandb-mode: only with --wandb PROJECT"
+    if args.per_seed_runs and not (args.tensorboard or args.wandb):
+        return "--per-seed-runs: only with --tensorboard or --wandb"
+    return None
+
+
+def from_flags(args: argparse.Namespace) -> Trackers | None:
+    """The `Trackers` the flags ask for (None: none)."""
+    if not (args.tensorboard or args.wandb):
+        return None
+    mode = args.wandb_mode or "online"
+    return Trackers(args.tensorboard, args.wandb, mode, args.per_seed_runs)
 
 
 class RunSpec(NamedTuple):
@@ -212,7 +247,7 @@ def open_listener(
     first_step = progress.chunks_done * cfg["eval_frequency"]
     saved_ids = progress.trackers or {}
     group = trackers.group or group_name(output)
-    point_names = [config.point_name(point, axes) for point in setup.points] if axes else []
+    point_names = [paths.point_name(point, axes) for point in setup.points] if axes else []
     specs = run_specs(group, setup.points, point_names, cfg["num_seeds"], trackers.per_seed)
     hyperparameters = [flat_hyperparameters(spec.config, setup.provenance) for spec in specs]
     backends = {}
