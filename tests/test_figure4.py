@@ -267,6 +267,7 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
 def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache):
     out = tmp_path / "local"
     flags = ["--stage", "final", "--executor", "local", "--parallel", "2", "--out-dir", str(out)]
+    flags += ["--tensorboard", str(tmp_path / "tb")]  # the jobs' curves, under stage and cell
     process, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     # Both cells went to submitit in one submission, each its own process (job id = its pid).
     assert "ER_ProcMaze_high, ER_ProcMaze_low" in process.stdout
@@ -279,6 +280,8 @@ def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache)
         record = load_out(out / "final" / f"ER_ProcMaze_{regime}.out")
         assert len(record["metrics"]["eval_times"]) == 10
         assert record["config"].num_seeds == 2
+        runs = sorted(os.listdir(tmp_path / "tb" / "final" / f"ER_ProcMaze_{regime}"))
+        assert runs == ["mean", "seed_0", "seed_1"]
 
 
 def test_slurm_executor_parameters(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ runs are written under `$WANDB_DIR/wandb/offline-run-*` for `wandb sync` later."
 
 from __future__ import annotations
 
+import os
 import secrets
 
 import wandb
@@ -38,6 +39,8 @@ class WandbRuns:
 
     def __init__(self, project: str, mode: str, specs, configs: list[dict], saved: dict):
         self.runs = []
+        # W&B suggests its LLM tracer when a module named `agents` is loaded: ours is agents.py.
+        os.environ.setdefault("WANDB_DISABLE_WEAVE", "true")
         try:
             for spec, config in zip(specs, configs, strict=True):
                 run = wandb.init(

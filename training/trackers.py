@@ -177,6 +177,7 @@ class Listener:
         self.specs, self.backends, self.saved_ids = specs, backends, saved_ids
         self.chunk_steps, self.quiet = chunk_steps, quiet
         self.seconds, self.evaluations, self.chunk_seconds = 0.0, 0, 0.0
+        self.open_seconds = 0.0  # opening the runs (and replaying a resumed run's evaluations)
 
     def evaluated(self, t: int, history: dict[str, list], chunk_seconds: float) -> None:
         """Log the evaluation at environment step `t`, the last entry of each metric of
@@ -221,7 +222,8 @@ class Listener:
         if self.evaluations and not self.quiet:
             share = 100 * self.seconds / self.chunk_seconds if self.chunk_seconds else 0.0
             print(
-                f"live curves: {self.evaluations} evaluations logged in {self.seconds:.3f} s "
+                f"live curves: runs opened in {self.open_seconds:.1f} s, "
+                f"{self.evaluations} evaluations logged in {self.seconds:.3f} s "
                 f"({1000 * self.seconds / self.evaluations:.1f} ms each, {share:.3f}% of the "
                 "chunks' time)",
                 file=sys.stderr,
@@ -242,6 +244,7 @@ def open_listener(
     """The listener of a run (`experiment.Setup`) into `output`, which goes on from `progress`
     (`checkpoint.Progress`: a fresh run's, or its checkpoint's): opens the runs of each
     tracker asked for, continuing those of the checkpoint (its `run_ids`)."""
+    started = time.monotonic()
     trackers = trackers or Trackers()
     cfg, axes = setup.cfg, setup.axes
     first_step = progress.chunks_done * cfg["eval_frequency"]
@@ -262,6 +265,7 @@ def open_listener(
     opened = {name: backend for name, backend in backends.items() if backend}
     listener = Listener(specs, opened, saved_ids, cfg["eval_frequency"], quiet)
     listener.replay(progress.eval_times, progress.history)
+    listener.open_seconds = time.monotonic() - started
     return listener
 
 
