@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent_registry import AGENTS, ROOT
-from training import checkpoint, experiment, measure
+from training import checkpoint, experiment, measure, results
 from training.flags import OneLineErrorParser
 from training.schema import SCHEMA, checkpoint_every
 
@@ -195,7 +195,7 @@ def measure_overheads(
         result["chunk_s_without"] = round(without_s, 4)
         result["diagnostics_overhead_pct"] = round(100 * (with_s / without_s - 1), 2)
 
-    progress = checkpoint.Progress(1, 0, [0], {"reward_rates": [np.zeros((1, num_seeds))]})
+    progress = checkpoint.Progress(1, 0, [0], {results.DEFAULT_METRIC: [np.zeros((1, num_seeds))]})
     path = os.path.join(cache_dir, "benchmark.ckpt")
     writes = []
     for _ in range(3):

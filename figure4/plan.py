@@ -26,7 +26,7 @@ from training.schema import same_value
 
 CONFIG_DIR = os.path.join(ROOT, "configs", "figure4")
 STAGES = ("tune", "select", "final", "plot")
-METRIC = "reward_rates"
+METRIC = results.DEFAULT_METRIC
 
 
 class EnvSpec(NamedTuple):

@@ -143,8 +143,8 @@ def run(
     accept_version_change: bool = False,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent of `definition` into
-    files named
-    `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
+    files named `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and
+    `.ckpt` (`paths.py`); with
     `resume`, go on from `<output>.ckpt` when there is one (`accept_version_change`: even if
     another version of the code or libraries wrote it). The run holds `<output>.lock` while it
     trains. Raises `RunError`, whose message is the one line the command line prints, before
@@ -345,7 +345,7 @@ def start(
     init_keys, eval_key = run_keys(setup.cfg["seed"], setup.cfg["num_seeds"])
     if restored is None:
         state = run.init(init_keys)
-        metrics = ("reward_rates", *setup.agent.diagnostics, "diverged")
+        metrics = (results.DEFAULT_METRIC, *setup.agent.diagnostics, results.DIVERGED_KEY)
         carry = Carry(state, checkpoint.Progress.start(metrics), 0, None)
     else:
         state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
@@ -447,17 +447,18 @@ def save_params(params_paths: list[str], agent: Agent, learner) -> None:
 
 def record_evaluation(history: dict, scores, report, setup: Setup, i: int, t0: int) -> None:
     """Append one evaluation's [G, S] metrics to `history`; say which pairs just diverged."""
-    diverged = history["diverged"][-1] if history["diverged"] else np.zeros(scores.shape, bool)
+    returns, diverged_so_far = history[results.DEFAULT_METRIC], history[results.DIVERGED_KEY]
+    diverged = diverged_so_far[-1] if diverged_so_far else np.zeros(scores.shape, bool)
     for g, s in zip(*np.nonzero(report.nonfinite & ~diverged), strict=True):
         print(
             f"warning: {pair_label(setup.points, setup.axes, g, s)} diverged: non-finite Q values "
             f"or losses in the chunk before evaluation {i} (t={t0}); the other seeds go on",
             file=sys.stderr,
         )
-    history["reward_rates"].append(scores)
+    returns.append(scores)
     for name, value in report.diagnostics.items():
         history[name].append(np.asarray(value, np.float32))
-    history["diverged"].append(diverged | report.nonfinite)
+    diverged_so_far.append(diverged | report.nonfinite)
 
 
 def show_progress(bar, quiet: bool, t: int, scores: np.ndarray, setup: Setup) -> None:
