@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+from helpers import ROOT, SCRIPTS, load_pickle, tiny_config
 
 from training import checkpoint, config, schema
 

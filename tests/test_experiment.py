@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     ROOT,
     SCRIPTS,
     assert_diagnostics,
@@ -280,7 +280,7 @@ _SHARDED_EQUALS_UNSHARDED = """
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
-from conftest import tiny_config
+from helpers import tiny_config
 import environments, train_ER_DQN
 from training import compilation, config
 assert len(jax.devices()) == 4

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SCRIPTS, tiny_config
+from helpers import ROOT, SCRIPTS, tiny_config
 
 import train_ER_DQN
 from training import compilation, config, experiment, files, results

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     ROOT,
     assert_diagnostics,
     final_and_random_scores,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     assert_diagnostics,
     final_and_random_scores,
     load_pickle,
