@@ -10,6 +10,10 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
 import slurm_jobs  # noqa: E402
 from helpers import QUICK_PIPELINE, run_quick_driver, tiny_config  # noqa: E402
 
+import environments  # noqa: E402
+import train_ER_DQN  # noqa: E402
+from training import compilation, config  # noqa: E402
+
 
 def pytest_collection_finish(session):
     """The SLURM job of the time-limit test starts with the session: it needs minutes, nearly
@@ -34,3 +38,13 @@ def quick_pipeline(tmp_path_factory, driver_cache):
     out = tmp_path_factory.mktemp("quick_pipeline") / "inline"
     process, _ = run_quick_driver(*QUICK_PIPELINE, "--out-dir", str(out), cache_dir=driver_cache)
     return out, process
+
+
+@pytest.fixture(scope="session")
+def er_run():
+    """ER's tiny config on 3 seeds, compiled once for the session: (agent, env, cfg, run)."""
+    raw = tiny_config("ER", num_seeds=3)
+    cfg = config.validate_config(raw, "ER")
+    env = environments.make_environment(cfg["environment"], cfg["env_config"])
+    agent = train_ER_DQN.build_agent(cfg, env)
+    return agent, env, cfg, compilation.compile_run(agent, env, cfg)
