@@ -17,7 +17,7 @@ import numpy as np
 
 import environments
 from agent_registry import AGENTS
-from training import config, experiment, loop
+from training import config, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,6 +47,31 @@ BASE = {
     "episodic_env": True,
     "env_config": {"grid_size": 3},
 }
+
+
+def shipped_settings(name: str, keys) -> dict:
+    """The values of `keys` in the registry's agent `name`'s shipped config (those it has)."""
+    shipped = AGENTS[name].shipped()
+    return {key: shipped[key] for key in keys if key in shipped}
+
+
+# The latent agents' tiny configs take their latent settings from the shipped configs.
+LATENT_SETTINGS = ("latent_type", "min_std", "std_act", "binary_obs", "KL_prior_weight")
+LATENT = {
+    "Q_alpha": 1e-3,
+    "model_alpha": 1e-3,
+    "softmax_temp": 1.6,
+    "batch_size": 8,
+    "rollout_length": 4,
+    "KL_posterior_weight": 0.2,
+    "posterior_entropy_weight": 0.0,
+    "reward_weight": 1.0,
+    "termination_weight": 1.0,
+    "obs_prediction_weight": 1.0,
+    "num_features": 4,
+    "feature_width": 4,
+}
+# registry name -> what its tiny config adds to BASE
 PER_AGENT = {
     "ER": {"alpha_adam": 1e-3, "softmax_temp": 0.1, "batch_size": 32},
     "perfect_model": {
@@ -66,45 +91,38 @@ PER_AGENT = {
         "obs_prediction_weight": 1.0,
         "binary_obs": True,
     },
-    "latent_model": {
-        "Q_alpha": 1e-3,
-        "model_alpha": 1e-3,
-        "softmax_temp": 1.6,
-        "batch_size": 8,
-        "rollout_length": 4,
-        "KL_prior_weight": 0.8,
-        "KL_posterior_weight": 0.2,
-        "posterior_entropy_weight": 0.0,
-        "reward_weight": 1.0,
-        "termination_weight": 1.0,
-        "obs_prediction_weight": 1.0,
-        "latent_type": "categorical",
-        "num_features": 4,
-        "feature_width": 4,
-        "binary_obs": True,
-    },
+    "categorical_latent": {**LATENT, **shipped_settings("categorical_latent", LATENT_SETTINGS)},
+    "gaussian_latent": {**LATENT, **shipped_settings("gaussian_latent", LATENT_SETTINGS)},
 }
+# registry name -> its training script, relative to ROOT
+SCRIPTS = {name: spec.module.__name__ + ".py" for name, spec in AGENTS.items()}
 
 
-# agent type -> its training script's module (the registry names both latent agents' one)
-MODULES = {spec.agent_type: spec.module for spec in AGENTS.values()}
-SCRIPTS = {agent_type: module.__name__ + ".py" for agent_type, module in MODULES.items()}
+def tiny_config(name: str, **overrides) -> dict:
+    """A raw (unvalidated) config for the registry's agent `name` that compiles and runs in
+    seconds."""
+    if name not in PER_AGENT:
+        raise KeyError(
+            f"{name}: no tiny config in tests/helpers.PER_AGENT (it has {list(PER_AGENT)})"
+        )
+    return {**BASE, **PER_AGENT[name], **overrides}
 
 
-def tiny_config(agent_type: str, **overrides) -> dict:
-    """A raw (unvalidated) config for `agent_type` that compiles and runs in seconds."""
-    return {**BASE, **PER_AGENT[agent_type], **overrides}
+def agent_type(name: str) -> str:
+    """The config's `agent_type` of the registry's agent `name` (what `validate_config` takes)."""
+    return AGENTS[name].agent_type
 
 
-def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, output: str = "run"):
-    """Run `train_<agent>.py` as a user would. Returns (completed process, output prefix)."""
+def run_script(name: str, raw_config: dict, tmp_path, seed: int = 0, output: str = "run"):
+    """Run the training script of the registry's agent `name` as a user would. Returns
+    (completed process, output prefix)."""
     config_path = tmp_path / f"{output}.json"
     config_path.write_text(json.dumps(raw_config))
     prefix = str(tmp_path / output)
     process = subprocess.run(
         [
             sys.executable,
-            os.path.join(ROOT, SCRIPTS[agent_type]),
+            os.path.join(ROOT, SCRIPTS[name]),
             f"--seed={seed}",
             f"--config={config_path}",
             f"--output={prefix}",
@@ -119,21 +137,21 @@ def run_script(agent_type: str, raw_config: dict, tmp_path, seed: int = 0, outpu
     return process, prefix
 
 
-def train_in_process(agent_type, build_agent, raw_config, tmp_path, seed=0, output="run"):
-    """Train `raw_config` in this process through `experiment.run` (no CLI). Returns (.out
-    record, prefix)."""
+def train_in_process(name, raw_config, tmp_path, seed=0, output="run"):
+    """Train the registry's agent `name` on `raw_config` in this process through
+    `experiment.run` (no CLI). Returns (.out record, prefix)."""
     prefix = str(tmp_path / output)
-    written = experiment.run(agent_type, build_agent, raw_config, prefix, seed=seed, quiet=True)
+    written = AGENTS[name].run(raw_config, prefix, seed=seed, quiet=True)
     (record,) = written.records
     return record, prefix
 
 
-def final_and_random_scores(agent_type, build_agent, raw_config, tmp_path, last=1):
+def final_and_random_scores(name, raw_config, tmp_path, last=1):
     """Train in process; return (mean greedy score of the last `last` evaluations, the score
     of a uniformly random policy under the same evaluation)."""
-    record, _ = train_in_process(agent_type, build_agent, raw_config, tmp_path)
+    record, _ = train_in_process(name, raw_config, tmp_path)
     final = float(np.mean(record["metrics"]["reward_rates"][-last:]))
-    return final, random_policy_score(raw_config, agent_type)
+    return final, random_policy_score(raw_config, name)
 
 
 Q_DIAGNOSTICS = ("q_loss", "mean_abs_q")
@@ -183,9 +201,9 @@ def load_pickle(path):
         return pickle.load(f)
 
 
-def random_policy_score(raw_config: dict, agent_type: str = "ER", seed: int = 0) -> float:
+def random_policy_score(raw_config: dict, name: str = "ER", seed: int = 0) -> float:
     """Mean greedy-evaluation score (SPEC §9) of a uniformly random policy, for comparison."""
-    cfg = config.validate_config(raw_config, agent_type)
+    cfg = config.validate_config(raw_config, agent_type(name))
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     num_actions = env.num_actions()
     random_agent = loop.Agent(

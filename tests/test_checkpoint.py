@@ -69,7 +69,7 @@ CASES = {
     "ER": {"alpha_adam": [1e-3, 3e-3]},
     "perfect_model": {},
     "simple_model": {},
-    "latent_model": {},
+    "categorical_latent": {},
 }
 
 

@@ -1,20 +1,33 @@
 """The command line of every `train_*.py` (`experiment.main`): flags, one-line errors with exit
 status 2 before anything compiles, the files a run writes, and a killed run's `.out`."""
 
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, SCRIPTS, assert_diagnostics, load_pickle, run_script, tiny_config
+from helpers import (
+    PER_AGENT,
+    ROOT,
+    SCRIPTS,
+    agent_type,
+    assert_diagnostics,
+    load_pickle,
+    run_script,
+    tiny_config,
+)
 
+import environments
 import train_ER_DQN
-from training import compilation, experiment
+from agent_registry import AGENTS
+from training import compilation, config, experiment
 
 
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
@@ -56,38 +69,133 @@ def test_cli_unreadable_config_exits_2(tmp_path):
         assert len(process.stderr.strip().splitlines()) == 1
 
 
-def test_cli_writes_out_and_params(tmp_path):
-    raw = tiny_config("ER")
-    process, prefix = run_script("ER", raw, tmp_path, seed=7)
-    assert process.returncode == 0, process.stderr
-    record = load_pickle(prefix + ".out")
-    assert record["config"].agent_type == "ER" and record["config"].seed == 7
-    assert record["config"].gamma == raw["gamma"]
-    metrics = record["metrics"]
-    assert metrics["eval_times"] == [0, 50, 100, 150]
-    assert len(metrics["reward_rates"]) == 4
-    assert all(isinstance(r, np.ndarray) and r.shape == (2,) for r in metrics["reward_rates"])
+class Expected(NamedTuple):
+    """What an agent's `.out` and `.params` hold after a tiny run on a 3 x 3 ProcMaze."""
+
+    q_inputs: int  # the Q network's input width
+    model: dict  # `.params["model"]`'s parts: part -> (haiku module, first layer's input width)
+    model_terms: tuple  # the model loss terms in `.out`, beside the Q diagnostics
+
+
+OBS = environments.ProcMaze(grid_size=3).observation_size
+LATENT_MODEL = {
+    "reward": ("reward_function", None),
+    "termination": ("termination_function", None),
+    "phi": ("phi_function", None),
+    "next_phi": ("next_phi_function", None),
+    "obs": ("obs_function", None),
+}
+LATENT_TERMS = ("kl_posterior", "kl_prior", "posterior_entropy", "reward", "termination")
+EXPECTED = {
+    "ER": Expected(OBS, {}, ()),
+    "perfect_model": Expected(OBS, {}, ()),
+    "simple_model": Expected(
+        OBS,
+        {
+            "reward": ("reward_function", OBS + 5),
+            "termination": ("termination_function", OBS + 5),
+            "next_obs": ("next_obs_function", OBS + 5),
+        },
+        ("reward", "termination", "obs"),
+    ),
+    "categorical_latent": Expected(4 * 4, LATENT_MODEL, (*LATENT_TERMS, "reconstruction")),
+    "gaussian_latent": Expected(4, LATENT_MODEL, (*LATENT_TERMS, "reconstruction")),
+}
+# The gaussian run also exercises the switches that the shipped configs leave off.
+SWITCHES = {
+    "gaussian_latent": {
+        "double_DQN": True,
+        "seperate_rollout_batch_size": True,
+        "rollout_batch_size": 5,
+    }
+}
+SEED = 7
+
+
+def cli_config(name: str) -> dict:
+    return tiny_config(name, **SWITCHES.get(name, {}))
+
+
+@pytest.fixture(scope="module")
+def cli_runs(request, tmp_path_factory):
+    """The selected agents' CLI runs, two at a time (each is mostly single-threaded
+    compilation): name -> (completed process, output prefix). Every agent's, unless the
+    session selected some of `test_cli_writes_out_and_params`."""
+    selected = [
+        item.callspec.params["name"]
+        for item in request.session.items
+        if item.originalname == "test_cli_writes_out_and_params"
+    ]
+    names = selected or list(AGENTS)
+    tmp = tmp_path_factory.mktemp("cli_runs")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            name: pool.submit(run_script, name, cli_config(name), tmp, SEED, name)
+            for name in dict.fromkeys(names)
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+def test_every_registered_agent_has_a_tiny_config_and_expected_outputs():
+    assert list(PER_AGENT) == list(AGENTS) and list(EXPECTED) == list(AGENTS)
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_cli_writes_out_and_params(name, cli_runs):
+    process, prefix = cli_runs[name]
+    assert process.returncode == 0, process.stderr[-3000:]
+    raw, expected = cli_config(name), EXPECTED[name]
+    out = load_pickle(prefix + ".out")
+    assert out["config"].agent_type == agent_type(name) and out["config"].seed == SEED
+    # every key as given, and the defaults filled in
+    for key, value in config.validate_config(raw, agent_type(name)).items():
+        assert getattr(out["config"], key) == value, key
+    assert out["metrics"]["eval_times"] == [0, 50, 100, 150]
+    assert len(out["metrics"]["reward_rates"]) == 4
+    for rates in out["metrics"]["reward_rates"]:
+        assert isinstance(rates, np.ndarray) and rates.shape == (raw["num_seeds"],)
+        assert np.all(rates <= 0) and np.all(rates >= -raw["eval_steps"])
+    assert_diagnostics(out, expected.model_terms)
+
     params = load_pickle(prefix + ".params")
-    assert set(params) == {"Q"} and len(params["Q"]) == 2
-    assert set(params["Q"][0]) == {"q_function/linear", "q_function/linear_1"}
-    assert isinstance(params["Q"][0]["q_function/linear"]["w"], np.ndarray)
-    assert params["Q"][0]["q_function/linear"]["w"].shape == (9 * 4, 16)
-    assert_diagnostics(record)
+    assert set(params) == ({"Q", "model"} if expected.model else {"Q"})
+    assert all(len(params[part]) == raw["num_seeds"] for part in params)
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
+    for q in params["Q"]:
+        assert set(q) == {"q_function/linear", "q_function/linear_1"}
+        assert q["q_function/linear"]["w"].shape == (expected.q_inputs, 16)
+        assert q["q_function/linear_1"]["w"].shape == (16, 5)
+    for model in params.get("model", []):
+        assert set(model) == set(expected.model)
+        for part, (module, inputs) in expected.model.items():
+            assert all(key.startswith(module + "/linear") for key in model[part]), part
+            if inputs is not None:
+                assert set(model[part]) == {f"{module}/linear", f"{module}/linear_1"}
+                assert model[part][f"{module}/linear"]["w"].shape == (inputs, 16)
+    if "next_obs" in expected.model:
+        for model in params["model"]:
+            assert model["next_obs"]["next_obs_function/linear_1"]["w"].shape == (16, OBS)
+    # the seeds are different runs: every parameter differs between them
+    first, second = ({part: params[part][seed] for part in params} for seed in (0, 1))
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        if a.ndim == 2:  # weights (a bias may start at zero in both)
+            assert not np.array_equal(a, b)
 
 
-def test_outputs_load_without_jax(tmp_path):
-    process, prefix = run_script("ER", tiny_config("ER"), tmp_path)
-    assert process.returncode == 0, process.stderr
+def test_outputs_load_without_jax(cli_runs):
+    """Every agent's `.out` and `.params`, read in a process where importing jax fails."""
+    prefixes = [prefix for _, prefix in cli_runs.values()]
     code = (
         "import pickle, sys\n"
         "sys.modules['jax'] = None  # importing jax now fails\n"
-        f"out = pickle.load(open({prefix + '.out'!r}, 'rb'))\n"
-        f"params = pickle.load(open({prefix + '.params'!r}, 'rb'))\n"
-        "print(len(out['metrics']['reward_rates']), len(params['Q']))\n"
+        f"for prefix in {prefixes!r}:\n"
+        "    out = pickle.load(open(prefix + '.out', 'rb'))\n"
+        "    params = pickle.load(open(prefix + '.params', 'rb'))\n"
+        "    print(len(out['metrics']['reward_rates']), len(params['Q']))\n"
     )
     check = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
-    assert check.stdout.split() == ["4", "2"]
+    assert check.stdout.split() == ["4", "2"] * len(prefixes)
 
 
 def test_killed_run_keeps_a_complete_out_file(tmp_path):

@@ -136,9 +136,9 @@ def test_matmul_precision_float32_marks_every_product_and_changes_no_number_on_a
     assert float32.count("precision = [HIGHEST, HIGHEST]") == products
     assert float32.replace("HIGHEST", "DEFAULT") == default  # nothing else differs
     # A CPU computes float32 products in float32 either way: the same numbers.
-    a, _ = train_in_process("ER", train_ER_DQN.build_agent, raw, tmp_path, output="default")
+    a, _ = train_in_process("ER", raw, tmp_path, output="default")
     float32_raw = {**raw, "matmul_precision": "float32"}
-    b, _ = train_in_process("ER", train_ER_DQN.build_agent, float32_raw, tmp_path, output="float32")
+    b, _ = train_in_process("ER", float32_raw, tmp_path, output="float32")
     assert results.out_config(a)["matmul_precision"] == "default"
     assert results.out_config(b)["matmul_precision"] == "float32"
     jax.tree.map(np.testing.assert_array_equal, a["metrics"], b["metrics"])
