@@ -1,5 +1,5 @@
 """Config validation (`training/config.py`, `training/schema.py`): defaults, one line naming
-the key for every bad value, before anything is compiled; the README documents every key."""
+the key for every bad value, before anything is compiled; the README's key table is `SCHEMA`'s."""
 
 import os
 
@@ -7,8 +7,11 @@ import jax.numpy as jnp
 import pytest
 from helpers import ROOT, tiny_config
 
-from training import config
+import environments
+from agent_registry import AGENTS
+from training import config, schema
 
+# ------------------------------------------------------------------------------------------
 # Config validation: one line naming the key, before anything is compiled
 # ------------------------------------------------------------------------------------------
 
@@ -119,11 +122,66 @@ def test_traced_hyperparameters_are_the_float_keys():
     assert all(v.dtype == jnp.float32 and v.shape == () for v in hp.values())
 
 
-def test_every_key_is_documented_in_the_readme():
+# ------------------------------------------------------------------------------------------
+# The README's table of keys is SCHEMA's
+# ------------------------------------------------------------------------------------------
+
+TABLE_HEADER = "| key | meaning | default | range | agents | role | may change on resume |"
+
+
+def readme_default(key: schema.Key) -> str:
+    if key.default is schema.REQUIRED:
+        return "required"
+    if key.default is None:  # required in some configs only, or computed (the doc says which)
+        return "—"
+    if isinstance(key.default, bool):
+        return str(key.default).lower()  # as JSON writes it
+    return f"`{key.default!r}`"
+
+
+def readme_range(name: str, key: schema.Key) -> str:
+    if name == "environment":  # checked against the environments, not a choice of the schema
+        return " / ".join(f"`{environment}`" for environment in environments.ENVIRONMENTS)
+    if key.choices:
+        return " / ".join(f"`{choice}`" for choice in key.choices)
+    bounds = []
+    if key.low is not None:
+        bounds.append(f"{'>' if key.low_open else '≥'} {key.low:g}")
+    if key.high is not None:
+        bounds.append(f"{'<' if key.high_open else '≤'} {key.high:g}")
+    return ", ".join(bounds)
+
+
+def readme_agents(key: schema.Key) -> str:
+    """ "all", or the agent types that read the key without their "_model", in registry order."""
+    agent_types = list(dict.fromkeys(spec.agent_type for spec in AGENTS.values()))
+    if set(key.agents) == set(agent_types):
+        return "all"
+    return ", ".join(t.removesuffix("_model") for t in agent_types if t in key.agents)
+
+
+def readme_row(name: str, key: schema.Key) -> str:
+    cells = [
+        f"`{name}`",
+        key.doc.replace("|", "\\|"),  # a bare | would end the cell
+        readme_default(key),
+        readme_range(name, key),
+        readme_agents(key),
+        key.role,
+        "yes" if key.may_change_on_resume else "",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def test_the_readme_key_table_is_the_schema():
+    """Row for row, as `readme_row` writes each key of `SCHEMA` (its failure shows the rows)."""
     with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    missing = [key for key in config.SCHEMA if f"`{key}`" not in readme]
-    assert not missing
+        lines = f.read().split("\n")
+    start = lines.index(TABLE_HEADER)
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    expected = [TABLE_HEADER, "|---" * 7 + "|"]
+    expected += [readme_row(name, key) for name, key in schema.SCHEMA.items()]
+    assert lines[start:end] == expected
 
 
 @pytest.mark.parametrize(
