@@ -7,13 +7,17 @@ evaluation is kept, and each seed and the times are smoothed alike with a 'valid
 of width ``window`` (N - w + 1 points). Diverged seeds are left out (`results.healthy_values`).
 
 It draws on an `Axes` it is given and never touches pyplot, so importing it selects no backend:
-the scripts choose theirs (`plot_metric.select_backend`), the Figure 4 plot needs none.
+the scripts that may open a window call `select_backend` in their `main`; the Figure 4 plot
+draws on a bare `matplotlib.figure.Figure` and needs none.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 
+import matplotlib
 import numpy as np
 
 from scoring import bootstrap_ci
@@ -81,3 +85,31 @@ def draw_curve(ax, summary, label: str, color=None):
     (line,) = ax.plot(times, mean, label=label, color=color)
     ax.fill_between(times, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     return line
+
+
+# --------------------------------------------------------------------------------------------
+# A window or only files
+# --------------------------------------------------------------------------------------------
+
+_NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+
+
+def _has_display() -> bool:
+    """False on Linux/BSD without an X or Wayland display; other platforms always have one."""
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def select_backend() -> None:
+    """Use 'Agg' when no window can be shown, unless the user chose a backend (MPLBACKEND).
+    The scripts that may show a window (`plot_metric.py`, `sweep_summary.py`) call it in
+    `main`, before their first figure: importing them changes nothing."""
+    if not _has_display() and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
+
+
+def can_show() -> bool:
+    """True when the active matplotlib backend can open a window."""
+    backend = str(matplotlib.get_backend()).lower()
+    return _has_display() and backend not in _NON_INTERACTIVE_BACKENDS

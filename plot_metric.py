@@ -34,33 +34,14 @@ opens a window.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-import matplotlib
 import matplotlib.pyplot as plt
 
-from curves import draw_curve, file_curve
+from curves import can_show, draw_curve, file_curve, select_backend
 from training.cli import OneLineErrorParser, positive_int
 from training.files import save_png_atomic
 from training.results import DEFAULT_METRIC, ResultsError
-
-_NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
-
-
-def _has_display() -> bool:
-    """False on Linux/BSD without an X or Wayland display; other platforms always have one."""
-    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-def select_backend() -> None:
-    """Use 'Agg' when no window can be shown, unless the user chose a backend (MPLBACKEND).
-    The scripts that may show a window (this one, `sweep_summary.py`) call it in `main`,
-    before their first figure: importing them changes nothing."""
-    if not _has_display() and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
 
 
 class PlotError(ResultsError):
@@ -119,12 +100,6 @@ def plot(
 
 def _print_to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def can_show() -> bool:
-    """True when the active matplotlib backend can open a window."""
-    backend = str(matplotlib.get_backend()).lower()
-    return _has_display() and backend not in _NON_INTERACTIVE_BACKENDS
 
 
 def build_parser() -> argparse.ArgumentParser:

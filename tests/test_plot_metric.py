@@ -248,14 +248,14 @@ def test_script_runs_headless_and_imports_no_jax(tmp_path):
 def test_display_detection_on_linux(monkeypatch):
     for key in ("DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(key, raising=False)
-    assert not plot_metric._has_display()
-    assert not plot_metric.can_show()  # never tries to open a window without a display
+    assert not curves._has_display()
+    assert not curves.can_show()  # never tries to open a window without a display
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
-    assert plot_metric._has_display()
+    assert curves._has_display()
     monkeypatch.delenv("WAYLAND_DISPLAY")
     monkeypatch.setenv("DISPLAY", ":0")
-    assert plot_metric._has_display()
-    assert not plot_metric.can_show()  # the test process uses Agg: nothing to show
+    assert curves._has_display()
+    assert not curves.can_show()  # the test process uses Agg: nothing to show
 
 
 # --- errors: exit status 2, one line, no traceback ------------------------------------------

@@ -198,16 +198,44 @@ def test_report_lines_table_and_best_line(tmp_path):
         "score",
         "95%",
         "interval",
+        "IQM",
+        "95%",
+        "interval",
+        "P(best",
+        "better)",
+        "[95%]",
         "seeds",
         "diverged",
     ]
     assert table[1].split()[:4] == ["1", "5e-05", "0.1", "-5.0"]
+    # the IQM of seeds -7..-3 is the mean of -6, -5, -4; the best point against itself: no P
+    first = table[1].split()
+    assert first[6] == "-5.0" and first[9:] == ["(best)", "5", "0"]
+    assert float(first[7].strip("[,")) < -5.0 < float(first[8].strip("]"))
+    # every seed of the best point (-7..-3) beats every seed of the next (-17..-13)
+    assert table[2].split()[-5:-2] == ["1.00", "[1.00,", "1.00]"]
     assert len(table) == 1 + 9
     best = ranked[0]
     assert lines[1] == (
         f"best: alpha_adam=5e-05 softmax_temp=0.1 score -5.0 [{best.low:.1f}, {best.high:.1f}] "
         f"({best.path})"
     )
+
+
+def test_p_best_better_is_near_one_half_for_points_the_seeds_do_not_separate(tmp_path):
+    paths = [
+        write_point(tmp_path, -5.0, alpha_adam=1e-4),
+        write_point(tmp_path, -5.5, alpha_adam=2e-4),  # seeds -7.5..-3.5 against -7..-3
+    ]
+    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    vs = sweep_summary.against_best(runs, ranked)[ranked[1].path][1]
+    pairs = np.add.outer(SEED_OFFSETS, -SEED_OFFSETS) + 0.5  # best seed minus other seed
+    assert vs.value == pytest.approx(np.mean(pairs > 0))
+    assert 0.5 < vs.value < 0.75 and vs.low < 0.5 < vs.high
+    # lower is better: the same two points, the other way round
+    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", True)
+    assert ranked[0].path == paths[1]
+    assert sweep_summary.against_best(runs, ranked, True)[paths[0]][1] == vs
 
 
 # --- pictures -------------------------------------------------------------------------------
