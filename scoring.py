@@ -371,12 +371,16 @@ def performance_profile(
 # --------------------------------------------------------------------------------------------
 
 
+def _two_decimals(x: float) -> str:
+    return f"{round(x, 2) + 0.0:.2f}"  # + 0.0: -1e-17 (a worst agent's 0) prints as 0.00
+
+
 def _estimate_text(e: Estimate | None) -> str:
     if e is None or not np.isfinite(e.value):
         return "n/a"
     if not (np.isfinite(e.low) and np.isfinite(e.high)):
-        return f"{e.value:.2f} [n/a]"
-    return f"{e.value:.2f} [{e.low:.2f}, {e.high:.2f}]"
+        return f"{_two_decimals(e.value)} [n/a]"
+    return f"{_two_decimals(e.value)} [{_two_decimals(e.low)}, {_two_decimals(e.high)}]"
 
 
 def markdown_table(

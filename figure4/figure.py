@@ -229,7 +229,7 @@ def write_comparison(figure_path: str, folder: str, agents, envs, regimes) -> li
     write_atomic(csv, lambda f: f.write(scoring.csv_text(rows).encode()))
     save_png_atomic(profile, draw_profile(panels), dpi=110)
     return [
-        "Each agent against ER over seeds (Agarwal et al., 2021): " + COMPARISON_NOTE,
+        "Each agent against ER: " + COMPARISON_NOTE,
         table,
         f"plot: the table -> {markdown} and {csv}; the performance profile -> {profile}",
     ]
