@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scoring
+from training import provenance
 
 
 def test_bootstrap_ci_contains_the_mean():
@@ -191,3 +192,10 @@ def test_scoring_imports_neither_jax_nor_matplotlib():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_the_readers_libraries_are_no_part_of_a_runs_version():
+    # an edit to the statistics must not make finished runs "another version"
+    sources = provenance.source_files()
+    assert "training/results.py" in sources
+    assert "scoring.py" not in sources and "curves.py" not in sources
