@@ -246,9 +246,10 @@ def stratified_interval(
     return interval.low, interval.high
 
 
-def _estimates(samples, statistic) -> list[Estimate]:
+def _estimates(samples, statistic, num_resamples: int) -> list[Estimate]:
     values = np.atleast_1d(statistic(*samples, axis=-1))
-    low, high = (np.atleast_1d(b) for b in stratified_interval(samples, statistic))
+    bounds = stratified_interval(samples, statistic, num_resamples)
+    low, high = (np.atleast_1d(b) for b in bounds)
     return [Estimate(*(float(x) for x in e)) for e in zip(values, low, high, strict=True)]
 
 
@@ -260,9 +261,11 @@ def _mean_and_iqm(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.stack([means, iqm(pooled, axis=axis)])
 
 
-def mean_and_iqm(samples: Sequence[np.ndarray]) -> tuple[Estimate, Estimate]:
+def mean_and_iqm(
+    samples: Sequence[np.ndarray], num_resamples: int = NUM_COMPARISON_BOOTSTRAP
+) -> tuple[Estimate, Estimate]:
     """Mean and IQM with intervals, each sample (a panel's seeds) one stratum."""
-    mean, iq = _estimates(samples, _mean_and_iqm)
+    mean, iq = _estimates(samples, _mean_and_iqm, num_resamples)
     return mean, iq
 
 
@@ -272,10 +275,13 @@ def _mean_improvement(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean([probability_of_improvement(x, y, axis=axis) for x, y in pairs], axis=0)
 
 
-def improvement(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Estimate:
+def improvement(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], num_resamples: int = NUM_COMPARISON_BOOTSTRAP
+) -> Estimate:
     """P(X > Y) averaged over panels, each a pair (agent's seeds, baseline's seeds), with its
     interval; every agent's seeds in every panel are a stratum."""
-    (estimate,) = _estimates([s for pair in pairs for s in pair], _mean_improvement)
+    samples = [s for pair in pairs for s in pair]
+    (estimate,) = _estimates(samples, _mean_improvement, num_resamples)
     return estimate
 
 

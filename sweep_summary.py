@@ -227,10 +227,11 @@ def against_best(runs: list[Run], ranked: list[Point], minimize: bool = False) -
     found = {}
     for p in ranked:
         own = scores[p.path]
-        iqm = scoring.mean_and_iqm([own])[1] if own.size else None
+        # as many resamples as the score's interval: a 110-point grid in seconds
+        iqm = scoring.mean_and_iqm([own], scoring.NUM_BOOTSTRAP)[1] if own.size else None
         vs = None
         if p.path != ranked[0].path and own.size and best.size:
-            vs = scoring.improvement([(sign * best, sign * own)])
+            vs = scoring.improvement([(sign * best, sign * own)], scoring.NUM_BOOTSTRAP)
         found[p.path] = (iqm, vs)
     return found
 
