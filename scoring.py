@@ -319,8 +319,9 @@ def compare(panels: dict[str, dict[str, np.ndarray]], baseline: str) -> list[Com
     agent's normalised mean and IQM and its probability of improvement over `baseline`.
 
     Scores are normalised per panel (`normalisation`: 0 the worst agent's mean area, 1 the
-    best's), so panels of different scales aggregate. Aggregates count the panels an agent has
-    (and, for P, where the baseline has a run too), each panel one stratum.
+    best's), so panels of different scales aggregate; P compares seeds within a panel, so it
+    needs no scale. Aggregates count the panels an agent has (for P, those where the baseline
+    has a run too; for the mean and IQM, those with a scale), each panel one stratum.
     """
     rows, normalised_by_panel = [], {}
     for name, areas in panels.items():
@@ -329,25 +330,22 @@ def compare(panels: dict[str, dict[str, np.ndarray]], baseline: str) -> list[Com
         for agent, scores in normalised.items():
             mean, iq = mean_and_iqm([scores])
             vs = None
-            if agent != baseline and baseline in normalised:
-                vs = improvement([(scores, normalised[baseline])])
-            rows.append(
-                ComparisonRow(
-                    name, agent, 1, len(scores), float(np.mean(areas[agent])), mean, iq, vs
-                )
-            )
+            if agent != baseline and baseline in areas:  # P is the same on either scale
+                vs = improvement([(areas[agent], areas[baseline])])
+            area = float(np.mean(areas[agent]))
+            rows.append(ComparisonRow(name, agent, 1, len(scores), area, mean, iq, vs))
     agents = list(dict.fromkeys(a for areas in panels.values() for a in areas))
     for agent in agents if len(panels) > 1 else []:
-        own = [n[agent] for n in normalised_by_panel.values() if agent in n]
-        mean, iq = mean_and_iqm(own)
-        pairs = [
-            (n[agent], n[baseline])
-            for n in normalised_by_panel.values()
-            if agent in n and baseline in n
-        ]
+        has = [areas for areas in panels.values() if agent in areas]
+        # a panel of one agent has no scale: it counts for P and seeds, not the mean and IQM
+        scaled = [n[agent] for n in normalised_by_panel.values() if agent in n]
+        scaled = [s for s in scaled if np.isfinite(s).all()]
+        nan = Estimate(float("nan"), float("nan"), float("nan"))
+        mean, iq = mean_and_iqm(scaled) if scaled else (nan, nan)
+        pairs = [(areas[agent], areas[baseline]) for areas in has if baseline in areas]
         vs = improvement(pairs) if agent != baseline and pairs else None
-        seeds = sum(len(s) for s in own)
-        rows.append(ComparisonRow(AGGREGATE, agent, len(own), seeds, float("nan"), mean, iq, vs))
+        seeds = sum(len(areas[agent]) for areas in has)
+        rows.append(ComparisonRow(AGGREGATE, agent, len(has), seeds, float("nan"), mean, iq, vs))
     return rows
 
 

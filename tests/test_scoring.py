@@ -199,3 +199,14 @@ def test_the_readers_libraries_are_no_part_of_a_runs_version():
     sources = provenance.source_files()
     assert "training/results.py" in sources
     assert "scoring.py" not in sources and "curves.py" not in sources
+
+
+def test_a_panel_of_one_agent_counts_for_p_but_not_for_the_normalised_aggregate():
+    rows = scoring.compare(
+        {"a": {"ER": np.array([1.0, 2.0]), "m": np.array([3.0, 4.0])}, "b": {"m": np.ones(3)}},
+        "ER",
+    )
+    m = next(r for r in rows if r.panel == scoring.AGGREGATE and r.agent == "m")
+    assert (m.panels, m.seeds, m.mean.value, m.improvement.value) == (2, 5, 1.0, 1.0)
+    b = next(r for r in rows if r.panel == "b")
+    assert np.isnan(b.mean.value) and b.improvement is None  # no ER in panel b
