@@ -39,6 +39,7 @@ NUM_COMPARISON_BOOTSTRAP = 10_000  # the comparison table: few intervals, each w
 CONFIDENCE = 95.0
 BOOTSTRAP_SEED = 0
 IQM_CUT = 0.25  # the interquartile mean leaves out the lowest and highest quarter
+BOOTSTRAP_BATCH = 1000  # resamples per vectorized call: memory for seeds x seeds x 1000 pairs
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,9 +207,12 @@ class Estimate(NamedTuple):
 
 def probability_of_improvement(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     """P(X > Y) for a seed of each, ties counting one half: the Mann-Whitney U statistic of x
-    over the number of pairs (rliable's `probability_of_improvement` for one task)."""
-    u = scipy.stats.mannwhitneyu(x, y, axis=axis, method="asymptotic").statistic
-    return u / (np.shape(x)[axis] * np.shape(y)[axis])
+    over the number of pairs, as rliable's `probability_of_improvement` for one task computes
+    it with `scipy.stats.mannwhitneyu` (tested equal). The pairs are counted directly: the
+    bootstrap evaluates this 10 000 times, and `mannwhitneyu`'s ranking with ties took 3 to 5
+    times the CPU time (5 to 30 seeds)."""
+    x, y = np.moveaxis(x, axis, -1)[..., :, None], np.moveaxis(y, axis, -1)[..., None, :]
+    return np.mean(x > y, axis=(-2, -1)) + 0.5 * np.mean(x == y, axis=(-2, -1))
 
 
 def iqm(x: np.ndarray, axis: int | None = -1) -> np.ndarray:
@@ -242,6 +246,7 @@ def stratified_interval(
             paired=False,
             axis=-1,
             rng=np.random.default_rng(seed),
+            batch=BOOTSTRAP_BATCH,
         ).confidence_interval
     return interval.low, interval.high
 
@@ -351,9 +356,10 @@ def compare(panels: dict[str, dict[str, np.ndarray]], baseline: str) -> list[Com
 
 def _profile(*samples: np.ndarray, taus: np.ndarray, axis: int = -1) -> np.ndarray:
     """For each tau, the fraction of runs above it, averaged over strata: (taus, ...)."""
-    return np.mean(
-        [np.stack([np.mean(s > tau, axis=axis) for tau in taus]) for s in samples], axis=0
-    )
+    above = [
+        np.mean(np.moveaxis(s, axis, -1)[..., None, :] > taus[:, None], axis=-1) for s in samples
+    ]
+    return np.moveaxis(np.mean(above, axis=0), -1, 0)
 
 
 def performance_profile(
@@ -366,7 +372,8 @@ def performance_profile(
         return _profile(*s, taus=taus, axis=axis)
 
     fraction = statistic(*samples)
-    low, high = stratified_interval(samples, statistic)
+    low, high = stratified_interval(samples, statistic, NUM_BOOTSTRAP)  # a band, as the curves'
+
     return fraction, low, high
 
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 from conftest import ROOT, fake_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -74,6 +75,10 @@ def test_probability_of_improvement_counts_pairs_ties_half(x, y):
     pairs = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
     p = scoring.probability_of_improvement(x, y)
     assert p == pytest.approx(pairs.mean())
+    u = scipy.stats.mannwhitneyu(x, y).statistic  # the Mann-Whitney U over the pairs
+    assert p == pytest.approx(u / (len(x) * len(y)))
+    batch = scoring.probability_of_improvement(np.stack([x, x[::-1]]), np.stack([y, y]))
+    np.testing.assert_allclose(batch, [p, p])  # a resample per row, as the bootstrap calls it
     assert p + scoring.probability_of_improvement(y, x) == pytest.approx(1.0)
 
 
