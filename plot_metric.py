@@ -39,8 +39,8 @@ import sys
 import matplotlib.pyplot as plt
 
 from curves import can_show, draw_curve, file_curve, select_backend
-from training.cli import OneLineErrorParser, positive_int
 from training.files import save_png_atomic
+from training.flags import OneLineErrorParser, positive_int
 from training.results import DEFAULT_METRIC, ResultsError
 
 

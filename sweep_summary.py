@@ -48,8 +48,8 @@ from matplotlib.patches import Rectangle
 import scoring
 from curves import can_show, select_backend
 from scoring import Point, Run, load_run, number_format, rank, score_point
-from training.cli import OneLineErrorParser
 from training.files import save_png_atomic
+from training.flags import OneLineErrorParser
 from training.results import DEFAULT_METRIC, ResultsError
 from training.schema import HOST_ONLY_KEYS, is_number, same_value, setting
 
