@@ -210,9 +210,10 @@ COMPARISON_NOTE = (
 
 
 def comparison_paths(figure_path: str) -> tuple[str, str, str]:
-    """The Markdown table, the CSV table and the performance profile, beside the figure."""
+    """The Markdown table, the CSV table and the performance profile, beside the figure (its
+    name, less `.png`, then `_comparison` with the suffixes md and csv, and `_profile.png`)."""
     stem = os.path.splitext(figure_path)[0]
-    return f"{stem}_comparison.md", f"{stem}_comparison.csv", f"{stem}_profile.png"
+    return (*(f"{stem}_comparison.{suffix}" for suffix in ("md", "csv")), f"{stem}_profile.png")
 
 
 def write_comparison(figure_path: str, folder: str, agents, envs, regimes) -> list[str]:
