@@ -162,6 +162,7 @@ def run_plot(args) -> None:
     lines = figure.save_figure(path, folder, args.agents, args.envs, args.regimes, args.window)
     print(f"plot: {lines} curves from {folder} -> {path}")
     print("\n".join(figure.ranking_lines(folder, args.agents, args.envs, args.regimes)))
+    print("\n".join(figure.write_comparison(path, folder, args.agents, args.envs, args.regimes)))
 
 
 # --------------------------------------------------------------------------------------------

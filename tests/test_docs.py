@@ -219,11 +219,11 @@ def stale_pointer(named: str) -> str | None:
 
 
 def test_stale_pointer_finds_what_moved():
-    assert stale_pointer("results.bootstrap_ci") is None
+    assert stale_pointer("scoring.bootstrap_ci") is None
     assert stale_pointer("training.loop.env_step") is None
     assert stale_pointer("figure4/plan.TABLE") is None
     assert stale_pointer("experiment.run(cfg)") is None
-    assert stale_pointer("plot_metric.bootstrap_ci")  # imported there, defined in results
+    assert stale_pointer("plot_metric.bootstrap_ci")  # used by way of curves, defined in scoring
     assert stale_pointer("jax.vmap") is None and stale_pointer("configs/ER.json") is None
     assert stale_pointer("training/") is None
 
