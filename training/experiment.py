@@ -32,6 +32,7 @@ from training.compilation import (
     check_memory,
     compile_run,
     enable_compilation_cache,
+    evaluation_bytes,
     metrics_bytes,
     state_shapes,
     temporaries_bytes,
@@ -72,6 +73,7 @@ class Setup(NamedTuple):
     hp: HParams  # the traced hyperparameters of every point, leaves [G]
     shapes: Any  # the training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front
     metrics: int  # host bytes of the run's metrics (`compilation.metrics_bytes`)
+    evaluation: int  # bytes the evaluation holds at once (`compilation.evaluation_bytes`)
     warnings: list[str]  # lines for a config that cannot do what it seems to say
     provenance: dict  # what produces the run's files (`provenance.record`)
 
@@ -99,17 +101,22 @@ def prepare(agent_type: str, build_agent: BuildAgent, cfg, seed: int = 0) -> Set
         cfg = {**cfg, "agent_type": agent_type, "seed": seed}
         env = environments.make_environment(cfg["environment"], cfg["env_config"])
         agent = build_agent(cfg, env)
-        points, axes = config.grid_points(cfg), config.grid_axes(cfg)
-        shapes = state_shapes(agent, env, len(points), cfg["num_seeds"])
+        num_points = config.grid_size(cfg)  # sizes are checked before a point is built
+        shapes = state_shapes(agent, env, num_points, cfg["num_seeds"])
         evaluations = cfg["num_steps"] // cfg["eval_frequency"]
-        metrics = metrics_bytes(evaluations, len(points), cfg["num_seeds"], len(agent.diagnostics))
-        check_memory(shapes, metrics=metrics)  # before compiling; again after (`compile_chunk`)
+        metrics = metrics_bytes(evaluations, num_points, cfg["num_seeds"], len(agent.diagnostics))
+        evaluation = evaluation_bytes(env, cfg, num_points)
+        # before compiling; again after (`compile_chunk`)
+        check_memory(shapes, metrics=metrics, evaluation=evaluation)
+        points, axes = config.grid_points(cfg), config.grid_axes(cfg)
     except config.ConfigError as error:
         raise RunError(f"{where}config error: {error}") from None
     hp = config.grid_hyperparameters(points)
     produced_by = provenance.record(jax.devices()[0].device_kind)
     warnings = config.warnings(cfg)
-    return Setup(cfg, env, agent, points, axes, hp, shapes, metrics, warnings, produced_by)
+    return Setup(
+        cfg, env, agent, points, axes, hp, shapes, metrics, evaluation, warnings, produced_by
+    )
 
 
 def compile_setup(setup: Setup, program_dir: str | None = None, agent=None) -> CompiledRun:
@@ -135,15 +142,19 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     accept_version_change: bool = False,
+    restart: bool = False,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent into files named
     `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and `.ckpt`; with
     `resume`, go on from `<output>.ckpt` when there is one (`accept_version_change`: even if
-    another version of the code or libraries wrote it). The run holds `<output>.lock` while it
-    trains. Raises `RunError`, whose message is the one line the command line prints, before
-    anything compiles when it can; `RunInterruptedError` when a signal stopped it at the end
-    of a chunk."""
+    another version of the code or libraries wrote it); with `restart`, start again from step
+    0 over an existing checkpoint, which a run with neither refuses. The run holds
+    `<output>.lock` while it trains. Raises `RunError`, whose message is the one line the
+    command line prints, before anything compiles when it can; `RunInterruptedError` when a
+    signal stopped it at the end of a chunk."""
     start = time.time()
+    if resume and restart:
+        raise RunError("--resume and --restart: give one (go on, or start again from step 0)")
     program_dir = enable_compilation_cache()  # before anything compiles, even a PRNG key
     setup = prepare(agent_type, build_agent, cfg, seed)
     for line in setup.warnings:
@@ -154,10 +165,17 @@ def run(
     try:
         files.check_output(output, written_files)
         with files.OutputLock(output):
+            start_over(f"{output}.ckpt", setup.cfg, resume, restart)
             written = train(setup, output, quiet, program_dir, resume, accept_version_change)
     except files.OutputError as error:
         raise RunError(str(error)) from None
-    if not quiet:
+    if not quiet and written.chunks_run == 0:
+        print(
+            f"finished already: {written.checkpoint} holds all {setup.cfg['num_steps']} steps; "
+            "its .out written again from it, nothing trained",
+            file=sys.stderr,
+        )
+    elif not quiet:
         steps = setup.cfg["num_steps"] * setup.cfg["num_seeds"] * len(setup.points)
         elapsed = time.time() - start
         print(
@@ -166,6 +184,18 @@ def run(
             file=sys.stderr,
         )
     return written
+
+
+def start_over(checkpoint_path: str, cfg: dict, resume: bool, restart: bool) -> None:
+    """A run without `--resume` over an existing checkpoint is refused in one line, unless
+    `--restart` says to start again: then the checkpoints go first."""
+    if restart:
+        checkpoint.remove(checkpoint_path)
+    elif not resume:
+        try:
+            checkpoint.refuse_start_over(checkpoint_path, cfg)
+        except checkpoint.CheckpointError as error:
+            raise RunError(str(error)) from None
 
 
 class StopSignals:
@@ -257,12 +287,18 @@ def train(
     if resume and checkpoint.exists(checkpoint_path):
         try:
             restored = checkpoint.load(
-                checkpoint_path, cfg, setup.shapes, setup.provenance, accept_version_change
+                checkpoint_path,
+                cfg,
+                setup.shapes,
+                setup.provenance,
+                accept_version_change,
+                metric_names(agent),
             )
         except checkpoint.CheckpointError as error:
             raise RunError(f"--resume: {error}") from None
         if restored.note:
             print(restored.note, file=sys.stderr)
+        setup = setup._replace(provenance=restored.provenance)  # both versions, if two
         checkpoint.remove_partial_files([output, *prefixes])
     elif resume and not quiet:
         print(f"--resume: no checkpoint {checkpoint_path}; starting at step 0", file=sys.stderr)
@@ -270,8 +306,8 @@ def train(
     init_keys, eval_key = run_keys(cfg["seed"], num_seeds)
     if restored is None:
         state = run.init(init_keys)
-        metrics = ("reward_rates", *agent.diagnostics, "diverged")
-        progress = checkpoint.Progress.start(metrics)  # each: one [G, S] array per evaluation
+        # each metric: one [G, S] array per evaluation
+        progress = checkpoint.Progress.start(metric_names(agent))
     else:
         state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
         progress = restored.progress
@@ -336,13 +372,23 @@ def train(
     return Written(outs, records, params_paths, checkpoint_path, num_chunks - first)
 
 
+def metric_names(agent: Agent) -> tuple[str, ...]:
+    """What a run records at each evaluation, for each pair."""
+    return ("reward_rates", *agent.diagnostics, "diverged")
+
+
 def compile_chunk(setup: Setup, run: CompiledRun, state, quiet: bool):
     """The chunk, compiled before it first runs, so that the memory check can count what XLA
     says the loop needs beside the state; the start-up log says how much the run takes."""
     chunk = run.chunk.lower(state, jnp.int32(0), jnp.bool_(True), setup.hp).compile()
     temporaries = temporaries_bytes(chunk, len(run.pairs.mesh.devices.flat))
     try:
-        memory = check_memory(setup.shapes, metrics=setup.metrics, temporaries=temporaries)
+        memory = check_memory(
+            setup.shapes,
+            metrics=setup.metrics,
+            temporaries=temporaries,
+            evaluation=setup.evaluation,
+        )
     except config.ConfigError as error:
         raise RunError(f"config error: {error}") from None
     if not quiet:
@@ -412,6 +458,12 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
         help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
     )
     parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again from step 0 over the checkpoint <output>.ckpt of an earlier run "
+        "(which a run without --resume or --restart refuses to replace)",
+    )
+    parser.add_argument(
         "--accept-version-change",
         action="store_true",
         help="--resume even from a checkpoint that another version of the code, of jax, "
@@ -435,6 +487,7 @@ def main(agent_type: str, build_agent: BuildAgent, argv=None) -> Written:
             resume=args.resume,
             quiet=args.quiet,
             accept_version_change=args.accept_version_change,
+            restart=args.restart,
         )
     except RunError as error:
         print(error, file=sys.stderr)
