@@ -221,6 +221,8 @@ def _steps_since_save(value, meta, context) -> str | None:
 
 
 def _eval_times(value, meta, context) -> str | None:
+    if len(value) != meta["chunks_done"]:  # first: a huge chunks_done builds no list
+        return f"expected one per chunk done ({meta['chunks_done']}), got {len(value)}"
     expected = [i * context.eval_frequency for i in range(meta["chunks_done"])]
     if value != expected:
         return f"expected the {meta['chunks_done']} chunks' start steps, got {_short(value)}"
@@ -320,7 +322,7 @@ def _check_provenance(path: str, saved: dict, current: dict, accept: bool) -> No
     if changed and not accept:
         raise CheckpointError(
             f"{path} was written by another version ({', '.join(changed)}): going on would mix "
-            "two versions in one run; run it again from step 0 (without --resume), or pass "
+            "two versions in one run; start again from step 0 with --restart, or pass "
             "--accept-version-change to go on knowingly"
         )
 

@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from training import config, loop
 from training.files import make_writable_dir
-from training.saved_programs import SavedProgramJit, program_key
+from training.saved_programs import SavedProgramJit, disable_compilation_cache, program_key
 
 
 def _default_xla_flag(flag: str, value) -> None:
@@ -171,6 +171,11 @@ def compile_run(
     )
 
 
+# A cache that cannot take this much (a full disk) is off from the start: one line, rather
+# than a warning from JAX for every program it fails to write.
+CACHE_PROBE_BYTES = 1 << 20
+
+
 def enable_compilation_cache() -> str | None:
     """JAX's persistent compilation cache, on by default: a second launch of the same config
     skips XLA compilation. `JAX_COMPILATION_CACHE_DIR` moves it; an empty value turns it off.
@@ -182,15 +187,15 @@ def enable_compilation_cache() -> str | None:
     if not directory:
         return None
     programs = os.path.join(directory, "programs")
-    try:  # a cache it cannot write (a read-only home on a compute node) is only slower
-        make_writable_dir(programs)
+    try:  # a cache it cannot write (a read-only home or a full disk) is only slower
+        make_writable_dir(programs, probe_bytes=CACHE_PROBE_BYTES)
     except OSError as error:
         print(
             f"warning: compilation cache {directory}: {error.strerror}; compiling from scratch "
             "(JAX_COMPILATION_CACHE_DIR moves it)",
             file=sys.stderr,
         )
-        jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
+        disable_compilation_cache()
         return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)

@@ -62,13 +62,16 @@ def save_png_atomic(path: str, fig, **savefig_kwargs) -> None:
     write_atomic(path, lambda f: fig.savefig(f, format="png", **savefig_kwargs))
 
 
-def make_writable_dir(directory: str, prefix: str = ".write-test.") -> None:
+def make_writable_dir(directory: str, prefix: str = ".write-test.", probe_bytes: int = 0) -> None:
     """Create `directory` if needed and prove that it takes a new file (a temporary one named
-    `prefix...`, made and removed); raises `OSError` when it cannot (read-only, full, not a
-    folder)."""
+    `prefix...`, made and removed) of `probe_bytes` bytes, written to the disk; raises `OSError`
+    when it cannot (read-only, full, not a folder)."""
     os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix):
-        pass
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=prefix) as f:
+        if probe_bytes:
+            f.write(b"\0" * probe_bytes)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 class OutputError(ValueError):

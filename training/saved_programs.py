@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -40,6 +41,18 @@ def program_key(cfg: dict, sharding: NamedSharding, num_points: int = 1) -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     digest.update(f"{provenance.versions()} {devices} {mesh} {num_points} {flags}".encode())
     return digest.hexdigest()[:24]
+
+
+# Folders of saved programs where a save failed (a full disk): not tried again, so a run says
+# so once, not once per program.
+_UNWRITABLE: set[str] = set()
+
+
+def disable_compilation_cache() -> None:
+    """No more writes to XLA's persistent cache in this process, and no word from JAX about
+    the entries it could not write (the caller has said why in one line)."""
+    jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
 
 
 def seal_path(path: str) -> str:
@@ -98,9 +111,12 @@ class SavedProgramJit:
         if exported is not None:
             return exported
         exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
+        directory = os.path.dirname(path)
+        if directory in _UNWRITABLE:  # said once already
+            return exported
         program = exported.serialize()
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.makedirs(directory, exist_ok=True)
             write_atomic(path, lambda f: f.write(program))
             # The seal last: a program without its seal is traced anew, never trusted.
             write_atomic(seal_path(path), lambda f: f.write(seal(path, program).encode()))
@@ -110,6 +126,8 @@ class SavedProgramJit:
                 "a later launch traces it again",
                 file=sys.stderr,
             )
+            _UNWRITABLE.add(directory)
+            disable_compilation_cache()
         return exported
 
     @staticmethod
