@@ -34,7 +34,7 @@ from training import checkpoint, experiment, results, schema
 matplotlib.use("Agg")
 
 EXAMPLE_SECONDS = 60  # one example's bound: far above what any takes (a hang is minutes)
-CI_EXAMPLES = {"configs": 40, "checkpoints": 60, "pickles": 60}
+CI_EXAMPLES = {"configs": 100, "checkpoints": 200, "pickles": 150}
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "0"))
 
 
