@@ -32,7 +32,7 @@ import submitit
 
 from agent_registry import AGENTS, ROOT
 from figure4.plan import Job
-from training import checkpoint
+from training import checkpoint, paths
 from training.experiment import RunError, RunInterruptedError
 from training.files import write_atomic
 
@@ -142,7 +142,7 @@ def job_done(job: Job, message: str) -> None:
     ~19 GB per cell, 110 points x 5 seeds x 100 000 transitions, and select needs only the
     `.out` files)."""
     if job.stage == "tune":
-        checkpoint.remove(job.prefix + ".ckpt")
+        checkpoint.remove(paths.checkpoint(job.prefix))
     print(f"{job.stage} {job.cell.name}: {message}", flush=True)
 
 

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 import plot_metric
 import sweep_summary
-from training import checkpoint, experiment, results, schema
+from training import checkpoint, cli, experiment, results, schema
 
 matplotlib.use("Agg")
 
@@ -202,7 +202,7 @@ def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
         code = None
         with bounded():
             try:
-                experiment.main(agent_type, MODULES[agent_type].build_agent, argv)
+                cli.main(MODULES[agent_type].DEFINITION, argv)
             except SystemExit as exit:
                 code = exit.code
             except CompiledError:
@@ -226,7 +226,7 @@ def real_checkpoint(tmp_path_factory):
     trained: nothing compiles."""
     folder = tmp_path_factory.mktemp("checkpoint")
     path = str(folder / "run.ckpt")
-    setup = experiment.prepare("ER", MODULES["ER"].build_agent, CHECKPOINT_RUN)
+    setup = experiment.prepare(MODULES["ER"].DEFINITION, CHECKPOINT_RUN)
     names = experiment.metric_names(setup.agent)
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda s: rng.integers(0, 2, s.shape).astype(s.dtype), setup.shapes)

@@ -4,10 +4,12 @@ another, checkpoint metadata that disagrees with its arrays, sizes that grow wor
 once ended in tracebacks, silent wrong results, and a full compilation cache. Most stop before
 anything compiles; one test trains a tiny run."""
 
+import contextlib
 import json
 import os
 import pickle
 import shutil
+import subprocess
 import time
 import types
 import warnings
@@ -17,13 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
-from test_checkpoint import PROVENANCE, small_checkpoint
-from test_files import fill, main_er, small_filesystem
 
 import plot_metric
-import train_ER_DQN
+from train_ER_DQN import DEFINITION as ER
 from training import (
     checkpoint,
+    cli,
     compilation,
     config,
     experiment,
@@ -33,6 +34,55 @@ from training import (
 )
 
 FAST = {"training_start_time": 0, "save_params": True}
+PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
+
+
+def main_er(tmp_path, capsys, raw: dict, *flags) -> tuple[int, list[str]]:
+    """`train_ER_DQN.py` in this process: (exit status, stderr lines)."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(raw))
+    code = 0
+    try:
+        cli.main(ER, [f"--config={path}", "--quiet", *flags])
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def small_checkpoint(tmp_path):
+    """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2."""
+    cfg = {**config.validate_config(tiny_config("ER"), ER), "agent_type": "ER", "seed": 0}
+    state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
+    path = str(tmp_path / "run.ckpt")
+    checkpoint.save(path, cfg, state, checkpoint.Progress(1, 50, [0], history), PROVENANCE)
+    history = {name: values * 2 for name, values in history.items()}
+    progress = checkpoint.Progress(2, 100, [0, 50], history)
+    checkpoint.save(path, cfg, state, progress, PROVENANCE)
+    return path, cfg, state, shapes, progress
+
+
+@contextlib.contextmanager
+def small_filesystem(path, options: str):
+    """A tmpfs mounted at `path` (root only; the test is skipped where mounting is refused)."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder) -> None:
+    """Write until the filesystem is full."""
+    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
 
 
 class CompiledError(Exception):
@@ -141,17 +191,17 @@ def test_a_finished_run_resumed_says_so_and_a_restart_trains_it_again(
 ):
     raw = tiny_config("ER", num_steps=100, save_params=False)
     prefix = str(tmp_path / "run")
-    run = experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, quiet=True)
+    run = experiment.run(ER, raw, prefix, quiet=True)
     first = (tmp_path / "run.out").read_bytes()
-    again = experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, resume=True)
+    again = experiment.run(ER, raw, prefix, resume=True)
     assert again.chunks_run == 0
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"finished already: {prefix}.ckpt holds all 100 steps; its .out written again from it, "
         "nothing trained"
     )
     with pytest.raises(experiment.RunError, match="holds a run at step 100 of 100"):
-        experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, quiet=True)
-    restarted = experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, restart=True)
+        experiment.run(ER, raw, prefix, quiet=True)
+    restarted = experiment.run(ER, raw, prefix, restart=True)
     assert restarted.chunks_run == run.chunks_run == 2
     assert (tmp_path / "run.out").read_bytes() == first
 
@@ -257,7 +307,7 @@ def test_two_billion_seeds_stop_in_the_memory_check_at_once():
     start = time.monotonic()
     compilation.pair_sharding(1, 2_000_000_000)
     with pytest.raises(experiment.RunError) as info:
-        experiment.prepare("ER", train_ER_DQN.build_agent, tiny_config("ER", num_seeds=2 * 10**9))
+        experiment.prepare(ER, tiny_config("ER", num_seeds=2 * 10**9))
     assert time.monotonic() - start < 30  # 150 s of silence before
     assert str(info.value).startswith("config error: buffer_size: the run needs ")
 
@@ -271,7 +321,7 @@ def test_a_huge_grid_is_refused_before_its_points_are_built(monkeypatch):
     temps = [0.01 * (i + 1) for i in range(10_000)]
     raw = tiny_config("ER", alpha_adam=steps, softmax_temp=temps)
     with pytest.raises(experiment.RunError, match="for 2 seeds x 100000000 grid points"):
-        experiment.prepare("ER", train_ER_DQN.build_agent, raw)
+        experiment.prepare(ER, raw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +333,7 @@ def prepare_file(tmp_path, text: bytes):
     path = tmp_path / "bad.json"
     path.write_bytes(text)
     with pytest.raises(experiment.RunError) as info:
-        experiment.prepare("ER", train_ER_DQN.build_agent, str(path))
+        experiment.prepare(ER, str(path))
     line = str(info.value)
     assert "\n" not in line and line.startswith(f"{path}: config error: ")
     return line
@@ -308,12 +358,12 @@ def test_config_bytes_that_once_raised_are_one_line(tmp_path):
 )
 def test_environment_sizes_are_bounded(env_config, expected):
     with pytest.raises(config.ConfigError, match=expected):
-        config.validate_config(tiny_config("ER", env_config=env_config), "ER")
+        config.validate_config(tiny_config("ER", env_config=env_config), ER)
 
 
 def test_the_memory_check_counts_evaluation():
     with pytest.raises(experiment.RunError) as info:
-        experiment.prepare("ER", train_ER_DQN.build_agent, tiny_config("ER", eval_batch_size=10**8))
+        experiment.prepare(ER, tiny_config("ER", eval_batch_size=10**8))
     line = str(info.value)
     assert (
         line.startswith("config error: eval_batch_size: the run needs ") and "evaluation " in line

@@ -114,13 +114,15 @@ def _grid_axis(name: str, values: list, key: Key) -> list:
     return checked
 
 
-def validate_config(raw: Any, agent_type: str) -> dict:
-    """Defaults filled in, types and ranges checked; raises `ConfigError` on the first problem.
+def validate_config(raw: Any, agent) -> dict:
+    """Defaults filled in, types and ranges checked for the agent whose definition is `agent`
+    (its `agent_type` and the `keys` it accepts: `training/definition.py`); raises `ConfigError`
+    on the first problem.
 
     A traced key may hold a list: an axis of a grid of runs (`grid_points`)."""
     if not isinstance(raw, dict):
         raise ConfigError("the config file must hold a JSON object")
-    accepted = {name for name, key in SCHEMA.items() if agent_type in key.agents}
+    agent_type, accepted = agent.agent_type, agent.keys
     for name in raw:
         if name not in accepted:
             close = difflib.get_close_matches(str(name), accepted, n=1)
@@ -203,8 +205,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return dict(pairs)
 
 
-def load_config(path: str, agent_type: str) -> dict:
-    """The config file at `path`, validated: UTF-8 JSON holding one object, each key once."""
+def load_config(path: str, agent) -> dict:
+    """`validate_config` of a JSON file (`agent`: an agent's definition): UTF-8 JSON holding
+    one object, each key once."""
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
@@ -223,7 +226,7 @@ def load_config(path: str, agent_type: str) -> dict:
         raise ConfigError(f"--config: {path!r} is nested too deeply to be a config") from None
     except ValueError as error:  # an integer of thousands of digits, which Python refuses
         raise ConfigError(f"--config: {path!r}: {str(error).splitlines()[0]}") from None
-    return validate_config(raw, agent_type)
+    return validate_config(raw, agent)
 
 
 def traced_hyperparameters(cfg: dict) -> HParams:
@@ -269,8 +272,3 @@ def grid_hyperparameters(points: list[dict]) -> HParams:
     return {
         name: jnp.asarray(np.array([point[name] for point in points], np.float32)) for name in names
     }
-
-
-def point_name(point: dict, axes) -> str:
-    """How a grid point's output files are told apart: `alpha_adam=5e-05_softmax_temp=0.1`."""
-    return "_".join(f"{name}={point[name]!r}" for name in axes)

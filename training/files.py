@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from training import paths
+
 # The process's umask: reading it means setting it, so it is set back at once.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -78,10 +80,6 @@ class OutputError(ValueError):
     """An output prefix the run cannot write to: the message is one line."""
 
 
-def lock_path(prefix: str) -> str:
-    return prefix + ".lock"
-
-
 def check_output(prefix: str, paths: list[str]) -> None:
     """Before anything compiles: the prefix names files, not a folder; its folder exists (it is
     created) and takes new files; none of the run's files (`paths`, and the lock) is a folder,
@@ -92,7 +90,7 @@ def check_output(prefix: str, paths: list[str]) -> None:
             f"--output: {prefix!r} names a folder; give a file prefix in it, such as "
             f"{os.path.join(prefix, 'run')!r}"
         )
-    for path in [*paths, lock_path(prefix)]:
+    for path in [*paths, paths.lock(prefix)]:
         check_own_file(path)
     directory = os.path.dirname(os.path.abspath(prefix))
     try:
@@ -142,7 +140,7 @@ class OutputLock:
     message a second process prints."""
 
     def __init__(self, prefix: str):
-        self.path = lock_path(prefix)
+        self.path = paths.lock(prefix)
         self.fd = None
 
     def _open(self) -> int:
