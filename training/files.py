@@ -80,9 +80,9 @@ class OutputError(ValueError):
     """An output prefix the run cannot write to: the message is one line."""
 
 
-def check_output(prefix: str, paths: list[str]) -> None:
+def check_output(prefix: str, written: list[str]) -> None:
     """Before anything compiles: the prefix names files, not a folder; its folder exists (it is
-    created) and takes new files; none of the run's files (`paths`, and the lock) is a folder,
+    created) and takes new files; none of the run's files (`written`, and the lock) is a folder,
     a symbolic link (a run writes only its own files, never through a link to another) or
     anything but a plain file."""
     if not os.path.basename(prefix):
@@ -90,7 +90,7 @@ def check_output(prefix: str, paths: list[str]) -> None:
             f"--output: {prefix!r} names a folder; give a file prefix in it, such as "
             f"{os.path.join(prefix, 'run')!r}"
         )
-    for path in [*paths, paths.lock(prefix)]:
+    for path in [*written, paths.lock(prefix)]:
         check_own_file(path)
     directory = os.path.dirname(os.path.abspath(prefix))
     try:
