@@ -7,7 +7,7 @@ The budget: `CI_EXAMPLES` examples per property, derandomized (the same examples
 CI is reproducible; about a minute in all on 2 cores). `FUZZ_EXAMPLES=N python -m pytest
 tests/test_fuzz.py` runs N random examples per property instead, to look for new bugs; a
 failure found so is shrunk by hypothesis and kept below as a regular test (`test_found_*`).
-Each example calls `experiment.main`, `checkpoint.load` or the readers in this process, and a
+Each example calls `cli.main`, `checkpoint.load` or the readers in this process, and a
 config stops where it would compile (`compile_setup`), so no example compiles."""
 
 import contextlib
