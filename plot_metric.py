@@ -54,9 +54,15 @@ class PlotError(ResultsError):
 # --------------------------------------------------------------------------------------------
 
 
+def plain_text(text: str) -> str:
+    """`text` as matplotlib draws it literally: a `$` would start its mathtext (and an unpaired
+    one fail to parse)."""
+    return text.replace("$", r"\$")
+
+
 def label_for(path: str) -> str:
     """Legend label of a file: its path without the `.out` suffix."""
-    return path[: -len(".out")] if path.endswith(".out") else path
+    return plain_text(path[: -len(".out")] if path.endswith(".out") else path)
 
 
 def plot(
@@ -139,7 +145,7 @@ def main(argv=None) -> int:
     try:
         plot(args.data, args.metric, args.window, args.frequency, ax=ax)
         if args.title:
-            ax.set_title(args.title)
+            ax.set_title(plain_text(args.title))
         if args.save:
             try:
                 save_png_atomic(args.save, fig, bbox_inches="tight")

@@ -138,9 +138,20 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     write_if_changed(plan.selected_path(the_plan.out_dir, cell), plan.config_text(raw))
     fmt = sweep_summary.number_format([best])
     table_step, table_temp = plan.TABLE[cell.agent][cell.env][cell.regime]
+    # Each point left out by name: a cut-short or foreign file must not vanish from a ranking.
+    unfinished = [
+        os.path.basename(out.path)
+        for out, st in zip(job.outputs, states, strict=True)
+        if st == plan.UNFINISHED
+    ]
     notes = (
-        [] if len(finished) == len(job.outputs) else [f"{len(finished)}/{len(job.outputs)} points"]
+        [f"{len(finished)}/{len(job.outputs)} points"] if len(finished) < len(job.outputs) else []
     )
+    if unfinished:
+        notes.append(
+            f"left out, not finished (missing, cut short, damaged or of another config): "
+            f"{', '.join(unfinished)}"
+        )
     if others:
         notes.append(f"{others} points of another version left out (--other-versions keep)")
     if min(len(v) for v in job.axes.values()) > 2:  # else every point is on an edge

@@ -237,7 +237,7 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     raw = tiny_config("ER", **FAST)
     setup = experiment.prepare("ER", train_ER_DQN.build_agent, raw)
     state = compilation.training_state_bytes(setup.shapes)[0]
-    just_enough = state + setup.metrics + 1
+    just_enough = state + setup.metrics + setup.evaluation + 1  # the evaluation fits too
     monkeypatch.setattr(compilation, "available_memory", lambda devices: (just_enough, "a test"))
     code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
     assert code == 2 and len(lines) == 1, lines

@@ -231,6 +231,8 @@ def metric_values(path: str, metrics: dict, metric: str) -> tuple[np.ndarray, np
         )
     if values.shape[0] == 0:
         raise ResultsError(f"{path} has no evaluations")
+    if values.shape[1] == 0:  # a curve of no seeds would be drawn as nothing, without a word
+        raise ResultsError(f"{path} has no seeds: '{metric}' holds empty arrays")
     return times, values
 
 
