@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -47,6 +48,58 @@ class SlowTrainingJob(executors.TrainingJob):
 
         experiment.show_progress = show_then_wait
         return super().__call__(*args, **kwargs)
+
+
+class FaultyTrainingJob(executors.TrainingJob):
+    """`TrainingJob` with the faults a cluster brings, for the driver's tests: its run sleeps
+    `pause` seconds after each chunk; once SLURM has warned it (SIGUSR2), the chunk it is in
+    takes `stall` seconds more (a chunk longer than the warning); and a cell named in `deaths`
+    kills itself with SIGKILL on that many first tries, before any checkpoint (counted in
+    `<prefix>.tries`)."""
+
+    def __init__(self, pause: float = 0.0, stall: float = 0.0, deaths: dict | None = None):
+        self.pause, self.stall, self.deaths = pause, stall, deaths or {}
+
+    def __call__(self, agent, raw, prefix, *args, **kwargs):
+        tries = count_try(prefix + ".tries")
+        if tries <= self.deaths.get(os.path.basename(prefix), 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+        show, record, handle = (
+            experiment.show_progress,
+            experiment.record_evaluation,
+            experiment.StopSignals._handle,
+        )
+        warned = []
+
+        def show_then_wait(*a, **k):
+            show(*a, **k)
+            time.sleep(self.pause)
+
+        def record_then_stall(*a, **k):
+            if warned:
+                time.sleep(self.stall)
+            record(*a, **k)
+
+        def note_warning(stop, signum, frame):
+            warned.append(signum)
+            handle(stop, signum, frame)
+
+        experiment.show_progress = show_then_wait
+        experiment.record_evaluation = record_then_stall
+        experiment.StopSignals._handle = note_warning
+        return super().__call__(agent, raw, prefix, *args, **kwargs)
+
+
+def count_try(path: str) -> int:
+    """This try's number (1 for the first), counted in `path`."""
+    try:
+        with open(path) as f:
+            tries = int(f.read() or 0) + 1
+    except FileNotFoundError:
+        tries = 1
+    with open(path, "w") as f:
+        f.write(str(tries))
+    return tries
 
 
 def options(minutes: int | None = None, signal_delay: int = 5) -> executors.Options:

@@ -95,6 +95,19 @@ def exists(path: str) -> bool:
     return os.path.exists(path) or os.path.exists(previous_path(path))
 
 
+def steps_done(path: str) -> int:
+    """Environment steps the latest whole checkpoint (or the one before it) has done, 0 without
+    one; reads its metadata only, for a driver watching a run from outside."""
+    for candidate in (path, previous_path(path)):
+        try:
+            with np.load(candidate) as saved:
+                meta = json.loads(str(saved["meta"]))
+            return meta["chunks_done"] * meta["config"]["eval_frequency"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+            continue
+    return 0
+
+
 def load(
     path: str, cfg: dict, state_shapes: Any, produced_by: dict, accept_version_change=False
 ) -> Restored:
