@@ -24,6 +24,7 @@ import fcntl
 import getpass
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -45,9 +46,11 @@ from training.files import write_atomic
 LOCAL_NO_LIMIT_MIN = 60 * 24 * 365  # submitit's local executor kills jobs after 2 min otherwise
 SLURM_DEFAULT_MIN = 24 * 60
 SLURM_MAX_REQUEUES = 100  # submitit's default, 3, would end a long run after three time limits
-# A job out of the queue without a result at this many looks in a row has ended: one look more
-# than needed, for a result file on a shared filesystem to show.
+# A job out of the queue without a result at two looks in a row, GONE_GRACE_S apart, has ended:
+# the second look gives a result file on a shared filesystem a moment to show.
 GONE_LOOKS = 2
+GONE_GRACE_S = 5.0
+FILE_LOOK_S = 5.0  # how often the driver looks for result files between two looks at squeue
 DEFAULT_RETRIES = 3  # submissions again of a cell whose job ended with no new checkpoint
 SUMMARY_EVERY_S = 600  # the stage's summary line: on every change, and at least this often
 LOCK_FILE = "driver.lock"  # under --out-dir: one driver per folder
@@ -114,7 +117,15 @@ class TrainingJob(submitit.helpers.Checkpointable):
         except RunInterruptedError as error:
             print(error, file=sys.stderr, flush=True)  # the job's log says how it stopped
             if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-                requeue()
+                if error.signum == signal.SIGUSR2 or job_runs_on():
+                    requeue()
+                print(
+                    "SLURM is ending this job (scancel, its time limit, its own requeue): "
+                    "left to SLURM, not requeued",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                sys.exit(-1)
             raise
         if written.chunks_run == 0:
             return "finished already: its .out written again from its checkpoint"
@@ -134,6 +145,20 @@ def requeue() -> None:
         except subprocess.SubprocessError as error:
             print(f"scontrol requeue: {error}; leaving the job to SLURM", file=sys.stderr)
     sys.exit(-1)
+
+
+def job_runs_on() -> bool:
+    """Whether SLURM still lists this job as running: a SIGTERM it sends while it ends a job
+    (`scancel`, a kill at the time limit, `scontrol requeue`) leaves the job COMPLETING, and
+    then the job must not requeue itself (a cancelled job would come back). A preemption's
+    SIGTERM to a running job, or no answer, requeues it."""
+    job_id = submitit.JobEnvironment().job_id
+    command = ["squeue", "-h", "-j", job_id, "-o", "%T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.returncode != 0 or done.stdout.strip() in ("", "RUNNING")
 
 
 def job_arguments(job: Job, options: Options, quiet: bool) -> tuple:
@@ -377,26 +402,25 @@ def parse_sinfo(text: str) -> list[Node]:
 def request_mismatch(nodes: list[Node], options: Options) -> str | None:
     """The first part of the jobs' request that no node of the partition can give, with the
     value that would fit; None when some node fits it all. `options.gpus_per_job` is set."""
-    names = sorted({node.partition for node in nodes})
+    names = " ".join(sorted({node.partition for node in nodes}))
     partition = options.slurm_partition or next((n.partition for n in nodes if n.default), None)
     if partition is None:
-        return f"--slurm-partition: the cluster has no default partition; pass one of {names}"
+        return f"--slurm-partition: the cluster has no default partition; pass one of: {names}"
     fits = [node for node in nodes if node.partition == partition]
     if not fits:
-        return f"--slurm-partition {partition}: no such partition here; the cluster has {names}"
-    wants = (
-        ("--cpus-per-job", options.cpus_per_job, lambda n: n.cpus, "CPUs"),
-        ("--gpus-per-job", options.gpus_per_job, lambda n: n.gpus, "GPUs"),
-        ("--mem-gb", options.mem_gb or 0, lambda n: n.mem_mb / 1024, "GB of memory"),
+        return f"--slurm-partition {partition}: no such partition here; the cluster has: {names}"
+    wants = (  # flag, wanted, what a node has, how to say it
+        ("--cpus-per-job", options.cpus_per_job, lambda n: n.cpus, "{} CPUs"),
+        ("--gpus-per-job", options.gpus_per_job, lambda n: n.gpus, "{} GPUs"),
+        ("--mem-gb", options.mem_gb or 0, lambda n: math.floor(n.mem_mb / 102.4) / 10, "{} GB"),
     )
-    for flag, wanted, has, what in wants:
-        best = max(has(node) for node in fits)
+    for flag, wanted, has, unit in wants:
+        most = max(has(node) for node in fits)
         fits = [node for node in fits if has(node) >= wanted]
         if not fits:
-            most = f"{best:g}" if isinstance(best, float) else str(best)
             return (
-                f"{flag} {wanted:g}: no node of partition {partition} has that many {what} "
-                f"(at most {most}); pass {flag} {most} or less"
+                f"{flag} {wanted:g}: no node of partition {partition} has "
+                f"{unit.format(f'{wanted:g}')} (the most is {most:g}); pass {flag} {most:g} or less"
             )
     limits = [node.limit_min for node in fits]
     limit = None if None in limits else max(limits)
@@ -886,7 +910,7 @@ def run_submitit(jobs: list[Job], options: Options, out_dir: str) -> list[str]:
             rows = status_rows(jobs, watches, outcomes, retries)
             write_status(out_dir, stage, tally, rate, rows)
             if watches or queue:
-                time.sleep(options.poll)
+                nap(list(watches.values()), options.poll)
         return failures
     except DriverStoppedError as stopped:
         if options.executor == "local":
@@ -897,6 +921,18 @@ def run_submitit(jobs: list[Job], options: Options, out_dir: str) -> list[str]:
             line = f"{stopped}: SLURM jobs {ids or '(none)'} go on; the same command watches them"
         message = f"{line}; run the same command again to go on"
         raise DriverStoppedError(message, stopped.signum) from None
+
+
+def nap(watches: list[Watch], poll: float) -> None:
+    """Sleep until the next look at the jobs: `poll` seconds, less when a job's result file
+    shows up (looked for every few seconds: a stat, not a query of the controller), and only a
+    moment when a job was just seen out of the queue (it is then reported at the next look)."""
+    grace = any(watch.gone_looks for watch in watches)
+    deadline = time.time() + (min(poll, GONE_GRACE_S) if grace else poll)
+    while (left := deadline - time.time()) > 0:
+        if any(watch.handle.paths.result_pickle.exists() for watch in watches):
+            return
+        time.sleep(min(FILE_LOOK_S, left))
 
 
 def status_rows(jobs: list[Job], watches: dict, outcomes: dict, retries: dict) -> list[dict]:

@@ -15,6 +15,8 @@ import subprocess
 import tempfile
 import time
 
+import slurm_scenarios
+
 from figure4 import executors
 from training import experiment
 
@@ -124,14 +126,18 @@ def wait_for_result(handle, timeout: float):
     return handle.result()
 
 
-def start_background(raw: dict) -> None:
-    """Submit the time-limit test's job, if a cluster answers (see `conftest.py`)."""
+def start_background(raw: dict, tests: set[str] | None = None) -> None:
+    """Submit the time-limit test's job and start the driver's scenarios
+    (`slurm_scenarios.py`) of the selected `tests` (all without a selection), if a cluster
+    answers (see `conftest.py`)."""
     if not cluster_answers():
         return
-    folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
-    prefix = os.path.join(folder, "run")
-    handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
-    BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+    if tests is None or "test_a_job_three_times_its_time_limit_finishes_through_requeues" in tests:
+        folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
+        prefix = os.path.join(folder, "run")
+        handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
+        BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+    slurm_scenarios.start(tests)
 
 
 def background_job():
@@ -140,10 +146,11 @@ def background_job():
 
 
 def cancel_background() -> None:
-    """A background job still queued when the session ends (a test selection that skipped its
-    test) is cancelled, not left to run."""
+    """A background job or scenario still running when the session ends (a test selection that
+    skipped its test) is stopped, not left to run."""
     if BACKGROUND and not BACKGROUND["handle"].paths.result_pickle.exists():
         subprocess.run(["scancel", BACKGROUND["handle"].job_id], check=False)
+    slurm_scenarios.stop()
 
 
 def read_records(out_dir) -> dict:

@@ -1,0 +1,182 @@
+"""The Figure 4 driver on a real one-node SLURM cluster (`scripts/start_test_cluster.sh`) when
+its jobs fail: a job SLURM forgot after it was cancelled, a chunk longer than the time-limit
+warning, runs killed, two drivers on one folder, and requests the cluster cannot run. The
+scenarios start with the session and run beside the suite (`slurm_scenarios.py`); the
+refusals are quick and run here. Skipped, with the reason, where no cluster answers."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import slurm_jobs
+import slurm_scenarios
+from conftest import load_pickle
+
+from agent_registry import AGENTS
+from figure4 import plan
+
+pytestmark = pytest.mark.skipif(
+    not slurm_jobs.cluster_answers(),
+    reason="no SLURM cluster answers here (scripts/start_test_cluster.sh starts one)",
+)
+EVALUATIONS = 10  # the quick preset: 200 steps, an evaluation every 20
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_high(tmp_path_factory):
+    """The quick ER ProcMaze high-data cell run in this process, never interrupted: the prefix
+    of its files."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    the_plan = plan.Plan(str(out), plan.PRESETS["quick"], (), (), 2, 0, "table")
+    job = plan.final_job(plan.Cell("ER", "ProcMaze", "high"), the_plan)
+    AGENTS["ER"].run(job.raw, job.prefix, quiet=True)
+    return job.prefix
+
+
+def assert_same_files(prefix: str, other: str) -> None:
+    for suffix in (".out", ".params"):
+        with open(prefix + suffix, "rb") as a, open(other + suffix, "rb") as b:
+            assert a.read() == b.read(), suffix  # bit for bit
+
+
+def finished(prefix: str) -> bool:
+    return len(load_pickle(prefix + ".out")["metrics"]["eval_times"]) == EVALUATIONS
+
+
+@pytest.mark.slurm_background
+def test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver(uninterrupted_high):
+    """Its driver killed, its job cancelled and forgotten by SLURM (`squeue --jobs` refuses
+    the id): the same command resubmits the cell, which resumes from its checkpoint."""
+    scenario = slurm_scenarios.result(
+        "test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver"
+    )
+    restart, (a_job, _) = scenario["restart"], scenario["jobs"]
+    assert restart.returncode == 0, restart.stdout[-3000:] + restart.stderr[-3000:]
+    assert f"job {a_job} of an earlier driver ended without finishing (no longer listed by " in (
+        restart.stdout
+    )
+    assert "resumed from step " in restart.stdout
+    assert "final: 1 done, 0 running, 0 pending, 0 failed" in restart.stdout
+    assert_same_files(uninterrupted_high, slurm_scenarios.cell_prefix(scenario["a_dir"], "high"))
+
+
+@pytest.mark.slurm_background
+def test_a_job_cancelled_and_forgotten_between_two_looks_is_reported_not_awaited():
+    """A poll longer than SLURM keeps a finished job: the cancelled job is reported at the
+    driver's next look, resubmitted from its checkpoint, and the cell finishes."""
+    scenario = slurm_scenarios.result(
+        "test_a_job_cancelled_and_forgotten_between_two_looks_is_reported_not_awaited"
+    )
+    watching, (_, c_job) = scenario["watching"], scenario["jobs"]
+    assert watching.returncode == 0, watching.stdout[-3000:] + watching.stderr[-3000:]
+    ended = [line for line in watching.lines if f"job {c_job} ended without a result" in line.text]
+    assert len(ended) == 1, watching.stdout
+    assert "submitting it again to resume" in ended[0].text
+    # Reported within one poll of the cancel (and a grace look), not waited on.
+    assert ended[0].at - scenario["cancelled_at"] < slurm_scenarios.LONG_POLL + 30
+    assert "resumed from step " in watching.stdout
+    assert finished(slurm_scenarios.cell_prefix(scenario["c_dir"], "low"))
+
+
+@pytest.mark.slurm_background
+def test_a_chunk_longer_than_the_warning_still_finishes(uninterrupted_high):
+    """The warning comes in a chunk that outlasts it: the job ends TIMEOUT with no requeue,
+    and the driver resubmits it from its last checkpoint until it is done, byte for byte the
+    uninterrupted run."""
+    scenario = slurm_scenarios.result("test_a_chunk_longer_than_the_warning_still_finishes")
+    run = scenario["run"]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "ended without a result (TIMEOUT) at step " in run.stdout
+    assert "outlasted the 5 s warning before its time limit (--signal-delay)" in run.stdout
+    assert "resumed from step " in run.stdout
+    assert_same_files(uninterrupted_high, slurm_scenarios.cell_prefix(scenario["out"], "high"))
+
+
+@pytest.mark.slurm_background
+def test_killed_jobs_are_retried_and_a_cell_that_keeps_failing_is_reported():
+    scenario = slurm_scenarios.result(
+        "test_killed_jobs_are_retried_and_a_cell_that_keeps_failing_is_reported"
+    )
+    run, out = scenario["run"], scenario["out"]
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    for regime in ("high", "low"):
+        assert f"final ER_ProcMaze_{regime}: job " in run.stdout
+    retried = "with no new checkpoint (step 0); submitting it again (retry 1 of 1)"
+    assert run.stdout.count(retried) == 2
+    assert "final ER_ProcMaze_high: done" in run.stdout
+    assert finished(slurm_scenarios.cell_prefix(out, "high"))
+    assert "final ER_ProcMaze_low: failed (1 retries spent): job " in run.stderr
+    assert "last lines:" in run.stderr  # the job's log, to see why
+    assert "final: 1 done, 0 running, 0 pending, 1 failed" in run.stdout
+    status = scenario["status"]
+    assert status.returncode == 0, status.stderr
+    assert "final: 1 done, 0 running, 0 pending, 1 failed" in status.stdout
+    assert "  ER_ProcMaze_high: DONE" in status.stdout
+    assert "  ER_ProcMaze_low: FAILED" in status.stdout
+
+
+@pytest.mark.slurm_background
+def test_two_drivers_released_at_once_on_one_folder_submit_once():
+    scenario = slurm_scenarios.result("test_two_drivers_released_at_once_on_one_folder_submit_once")
+    runs = scenario["runs"]
+    winners = [i for i, run in enumerate(runs) if "final: slurm jobs " in run.stdout]
+    assert len(winners) == 1, [run.stdout + run.stderr for run in runs]
+    winner, loser = runs[winners[0]], runs[1 - winners[0]]
+    assert winner.returncode == 0, winner.stderr[-3000:]
+    assert loser.returncode == 1
+    assert loser.stderr.count("\n") == 1, loser.stderr
+    assert f"another driver works on it (host {os.uname().nodename}, pid " in loser.stderr
+    assert f"pid {scenario['pids'][winners[0]]}," in loser.stderr
+    assert len(slurm_scenarios.recorded_ids(scenario["out"])) == 1
+
+
+FAKE_SBATCH = """#!/bin/sh
+echo "sbatch: error: Batch job submission failed: Invalid account or account/partition \
+combination specified" >&2
+exit 1
+"""
+
+
+def test_each_refused_request_is_one_line_exit_2_and_leaves_no_log(tmp_path):
+    """What the cluster cannot run (sinfo foresees it), and what sbatch refuses for a reason
+    sinfo cannot see (an account: a stand-in sbatch here)."""
+    fake = tmp_path / "fake_sbatch"
+    fake.mkdir()
+    (fake / "sbatch").write_text(FAKE_SBATCH)
+    (fake / "sbatch").chmod(0o755)
+    cases = {
+        "partition": (["--slurm-partition", "nope"], {}, "--slurm-partition nope: no such "),
+        "memory": (["--mem-gb", "100000"], {}, "--mem-gb 100000: no node of partition debug "),
+        "gpus": (["--gpus-per-job", "1"], {}, "pass --gpus-per-job 0 or less"),
+        "cpus": (["--cpus-per-job", "8"], {}, "--cpus-per-job 8: no node of partition debug has"),
+        "warning": (["--time", "2", "--signal-delay", "300"], {}, "--signal-delay 300: not below"),
+        "sbatch": (
+            [],
+            {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
+            "final: sbatch refused the jobs: Batch job submission failed: Invalid account",
+        ),
+    }
+    processes = {}
+    for name, (flags, env, _) in cases.items():
+        command = [sys.executable, slurm_scenarios.DRIVER, *slurm_scenarios.QUICK_FINAL]
+        command += ["--executor", "slurm", "--cpus-per-job", "1", "--regimes", "high"]
+        command += ["--out-dir", str(tmp_path / name), *flags]
+        processes[name] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )  # fmt: skip
+    for name, (_, _, expected) in cases.items():
+        stdout, stderr = processes[name].communicate(timeout=300)
+        assert processes[name].returncode == 2, (name, stdout, stderr)
+        assert stderr.count("\n") == 1 and expected in stderr, (name, stderr)
+        assert "Traceback" not in stdout + stderr
+        logs = tmp_path / name / "logs"
+        assert not logs.exists() or not any(logs.rglob("*")), (name, list(logs.rglob("*")))
+
+
+def test_steps_of_a_checkpoint_are_read_without_loading_it(tmp_path):
+    """`checkpoint.steps_done`, which the driver reads each look: 0 without a checkpoint."""
+    assert slurm_scenarios.steps(str(tmp_path), "high") == 0
+    np.testing.assert_equal(slurm_scenarios.recorded_ids(str(tmp_path)), [])
