@@ -562,7 +562,7 @@ def name_of(job: Job) -> str:
 
 def out_step(watch: Watch) -> Watch:
     """The step the job's first `.out` holds (its run writes it after each evaluation)."""
-    path = watch.job.outputs[0].path
+    path = watch.job.outputs[0].path if watch.job.outputs else watch.job.prefix + ".out"
     try:
         mtime = os.path.getmtime(path)
     except OSError:
@@ -844,13 +844,19 @@ def slurm_jobs_when_answering(options: Options) -> dict[str, Seen]:
 
 
 def run_submitit(jobs: list[Job], options: Options, out_dir: str) -> list[str]:
-    """Submit through submitit (a restarted driver first reattaches to its SLURM jobs), watch
-    them, submit again a job that ended without a result (from its checkpoint; a job that
-    made no progress counts as a retry, `--retries` per cell), and return one line per cell
-    that failed. The local executor runs `--parallel` jobs at a time. SIGINT or SIGTERM stops
-    local jobs with the driver and leaves SLURM jobs running."""
-    stage = jobs[0].stage
+    """Submit through submitit (a restarted driver first reattaches to its SLURM jobs) and
+    watch the jobs (`watch_jobs`)."""
     watches, queue = reattach(jobs, options, out_dir)
+    return watch_jobs(jobs, watches, queue, options, out_dir)
+
+
+def watch_jobs(jobs: list[Job], watches: dict, queue: list, options, out_dir: str) -> list[str]:
+    """Submit the `queue`d jobs, watch them and the `watches` (prefix -> Watch), submit again a
+    job that ended without a result (from its checkpoint; one that made no progress counts as
+    a retry, `--retries` per cell), and return one line per cell that failed. The local
+    executor runs `--parallel` jobs at a time. SIGINT or SIGTERM stops local jobs with the
+    driver and leaves SLURM jobs running."""
+    stage = jobs[0].stage
     versions, reasons = provenance.versions(), Reasons()
     retries = {job.prefix: 0 for job in jobs}
     failures, outcomes, done_count = [], {}, 0  # outcomes: prefix -> (state, its last line)
