@@ -163,6 +163,7 @@ def stalled(folder: str) -> dict:
     out = os.path.join(folder, "stalled")
     faults = {"pause": 5.0, "stall": 300.0}
     flags = ["--regimes", "high", "--time", "1", "--signal-delay", "5", "--poll", "5"]
+    flags += ["--retries", "5"]  # a try warned before its first checkpoint makes no progress
     return {"run": Driver(out, *flags, faults=faults).wait(), "out": out}
 
 

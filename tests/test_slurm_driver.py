@@ -5,8 +5,6 @@ scenarios start with the session and run beside the suite (`slurm_scenarios.py`)
 refusals are quick and run here. Skipped, with the reason, where no cluster answers."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ import slurm_jobs
 import slurm_scenarios
 from conftest import load_pickle
 
+import reproduce_figure4 as r4
 from agent_registry import AGENTS
 from figure4 import plan
 
@@ -138,41 +137,36 @@ exit 1
 """
 
 
-def test_each_refused_request_is_one_line_exit_2_and_leaves_no_log(tmp_path):
-    """What the cluster cannot run (sinfo foresees it), and what sbatch refuses for a reason
-    sinfo cannot see (an account: a stand-in sbatch here)."""
-    fake = tmp_path / "fake_sbatch"
-    fake.mkdir()
-    (fake / "sbatch").write_text(FAKE_SBATCH)
-    (fake / "sbatch").chmod(0o755)
-    cases = {
-        "partition": (["--slurm-partition", "nope"], {}, "--slurm-partition nope: no such "),
-        "memory": (["--mem-gb", "100000"], {}, "--mem-gb 100000: no node of partition debug "),
-        "gpus": (["--gpus-per-job", "1"], {}, "pass --gpus-per-job 0 or less"),
-        "cpus": (["--cpus-per-job", "8"], {}, "--cpus-per-job 8: no node of partition debug has"),
-        "warning": (["--time", "2", "--signal-delay", "300"], {}, "--signal-delay 300: not below"),
-        "sbatch": (
-            [],
-            {"PATH": f"{fake}{os.pathsep}{os.environ['PATH']}"},
-            "final: sbatch refused the jobs: Batch job submission failed: Invalid account",
-        ),
-    }
-    processes = {}
-    for name, (flags, env, _) in cases.items():
-        command = [sys.executable, slurm_scenarios.DRIVER, *slurm_scenarios.QUICK_FINAL]
-        command += ["--executor", "slurm", "--cpus-per-job", "1", "--regimes", "high"]
-        command += ["--out-dir", str(tmp_path / name), *flags]
-        processes[name] = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **env},
-        )  # fmt: skip
-    for name, (_, _, expected) in cases.items():
-        stdout, stderr = processes[name].communicate(timeout=300)
-        assert processes[name].returncode == 2, (name, stdout, stderr)
-        assert stderr.count("\n") == 1 and expected in stderr, (name, stderr)
-        assert "Traceback" not in stdout + stderr
-        logs = tmp_path / name / "logs"
-        assert not logs.exists() or not any(logs.rglob("*")), (name, list(logs.rglob("*")))
+@pytest.mark.parametrize(
+    "flags, fake_sbatch, expected",
+    [
+        (["--slurm-partition", "nope"], False, "--slurm-partition nope: no such partition here"),
+        (["--mem-gb", "100000"], False, "--mem-gb 100000: no node of partition debug has "),
+        (["--gpus-per-job", "1"], False, "pass --gpus-per-job 0 or less"),
+        (["--cpus-per-job", "8"], False, "--cpus-per-job 8: no node of partition debug has 8 "),
+        (["--time", "2", "--signal-delay", "300"], False, "--signal-delay 300: not below --time"),
+        # What sinfo cannot foresee (an account), refused by a stand-in sbatch:
+        ([], True, "final: sbatch refused the jobs: Batch job submission failed: Invalid account"),
+    ],
+)
+def test_each_refused_request_is_one_line_exit_2_and_leaves_no_log(
+    flags, fake_sbatch, expected, tmp_path, monkeypatch, capsys
+):
+    if fake_sbatch:
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "sbatch").write_text(FAKE_SBATCH)
+        (fake / "sbatch").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    command = [*slurm_scenarios.QUICK_FINAL, "--executor", "slurm", "--cpus-per-job", "1"]
+    command += ["--regimes", "high", "--out-dir", str(tmp_path / "runs"), *flags]
+    with pytest.raises(SystemExit) as exit_info:
+        r4.main(command)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    logs = tmp_path / "runs" / "logs"
+    assert not logs.exists() or not any(logs.rglob("*")), list(logs.rglob("*"))
 
 
 def test_steps_of_a_checkpoint_are_read_without_loading_it(tmp_path):
