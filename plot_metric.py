@@ -41,8 +41,8 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
-from training.cli import OneLineErrorParser, positive_int
 from training.files import save_png_atomic
+from training.flags import OneLineErrorParser, positive_int
 from training.results import (
     DEFAULT_METRIC,
     ResultsError,

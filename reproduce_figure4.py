@@ -39,9 +39,9 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, provenance
-from training.cli import MAX_SEED, OneLineErrorParser, number
+from training import checkpoint, config, paths, provenance
 from training.files import WriteError, make_writable_dir, write_atomic
+from training.flags import MAX_SEED, OneLineErrorParser, number
 from training.results import ResultsError
 
 PROG = "reproduce_figure4.py"
@@ -55,7 +55,7 @@ def check_configs(jobs: list[Job]) -> None:
     """Validate every config before any job starts: a bad one is one line, not 30 failed jobs."""
     for job in jobs:
         try:
-            config.validate_config(job.raw, AGENTS[job.cell.agent].agent_type)
+            config.validate_config(job.raw, AGENTS[job.cell.agent].definition)
         except config.ConfigError as error:
             raise UserError(f"{job.stage} {job.cell.name}: config error: {error}") from None
 
@@ -91,7 +91,7 @@ def pending_jobs(jobs: list[Job], args) -> list[Job]:
         )
     if args.other_versions == "redo":
         for job in others:  # from step 0: their checkpoints are that version's too
-            checkpoint.remove(job.prefix + ".ckpt")
+            checkpoint.remove(paths.checkpoint(job.prefix))
     pending = [job for job in jobs if states[job.prefix] not in done(args.other_versions)]
     if len(pending) < len(jobs):
         print(f"{jobs[0].stage}: {len(jobs) - len(pending)} of {len(jobs)} jobs already finished")
@@ -205,11 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help="of tune select final plot, run in that order (default: final plot)",
     )
-    for flag, names in (("agents", AGENTS), ("envs", ENVIRONMENTS), ("regimes", REGIMES)):
+    # --agents takes any registered agent, so that one outside the paper's table is refused
+    # with a line saying so (`resolve`); the default is the table's.
+    choices = {"agents": list(AGENTS), "envs": list(ENVIRONMENTS), "regimes": list(REGIMES)}
+    for flag, names in (("agents", plan.TABLE), ("envs", ENVIRONMENTS), ("regimes", REGIMES)):
         p.add_argument(
             f"--{flag}",
             nargs="+",
-            choices=list(names),
+            choices=choices[flag],
             metavar=flag[:-1].upper(),
             help=f"cells' {flag} (default all: {' '.join(names)}; --laptop: its own)",
         )
@@ -361,6 +364,12 @@ def resolve(args) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
     if args.executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch not found: this is not a SLURM login node")
+    outside_table = [a for a in args.agents or () if a not in plan.TABLE]
+    if outside_table:
+        raise UserError(
+            f"--agents: {', '.join(outside_table)} has no row in the paper's Figure 4 table "
+            f"(figure4/plan.TABLE: {' '.join(plan.TABLE)}); train it with its own script"
+        )
     preset = PRESETS["quick"] if args.quick else PRESETS["laptop"] if args.laptop else plan.FULL
     step_sizes = tuple(args.step_sizes or preset.step_sizes)
     temperatures = tuple(args.temperatures or preset.temperatures)
@@ -398,7 +407,7 @@ def resolve(args) -> argparse.Namespace:
         options = executors.fit_to_cluster(options)  # before anything is submitted
     stages = [stage for stage in STAGES if stage in args.stage]
     cells = {
-        "agents": args.agents or list(AGENTS),
+        "agents": args.agents or list(plan.TABLE),
         "envs": args.envs or list(preset.envs),
         "regimes": args.regimes or list(preset.regimes),
     }
@@ -418,7 +427,7 @@ def check_out_dir(out_dir: str) -> None:
 def chosen_cells(args) -> list[Cell]:
     return [
         Cell(a, e, r)
-        for a in AGENTS
+        for a in plan.TABLE
         if a in args.agents
         for e in ENVIRONMENTS
         if e in args.envs

@@ -16,7 +16,7 @@ axes: a note names those that differ.
 
 Score of a point: for each seed, the mean of the metric over all evaluations (the area under
 its learning curve divided by its length); the point's score is the mean over seeds, with a 95%
-percentile-bootstrap interval over seeds (`plot_metric.bootstrap_ci`, fixed RNG seed, so the
+percentile-bootstrap interval over seeds (`results.bootstrap_ci`, fixed RNG seed, so the
 output is deterministic). Seeds that diverged (the file's ``'diverged'`` record) stay in the
 score, since their returns are what the agent achieved, but are counted in the table.
 
@@ -44,8 +44,8 @@ from matplotlib.patches import Rectangle
 
 import plot_metric  # selects the Agg backend when there is no display
 from training import results
-from training.cli import OneLineErrorParser
 from training.files import save_png_atomic
+from training.flags import OneLineErrorParser
 from training.results import DEFAULT_METRIC, ResultsError
 from training.schema import HOST_ONLY_KEYS, is_number, same_value, setting
 

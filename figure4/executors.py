@@ -39,7 +39,7 @@ import submitit
 from agent_registry import AGENTS, ROOT
 from figure4 import plan
 from figure4.plan import Job
-from training import checkpoint, provenance, results
+from training import checkpoint, paths, provenance, results
 from training.experiment import RunError, RunInterruptedError
 from training.files import write_atomic
 
@@ -180,7 +180,7 @@ def job_done(job: Job, message: str) -> None:
     ~19 GB per cell, 110 points x 5 seeds x 100 000 transitions, and select needs only the
     `.out` files)."""
     if job.stage == "tune":
-        checkpoint.remove(job.prefix + ".ckpt")
+        checkpoint.remove(paths.checkpoint(job.prefix))
     print(f"{job.stage} {job.cell.name}: {message}", flush=True)
 
 
@@ -562,7 +562,7 @@ def name_of(job: Job) -> str:
 
 def out_step(watch: Watch) -> Watch:
     """The step the job's first `.out` holds (its run writes it after each evaluation)."""
-    path = watch.job.outputs[0].path if watch.job.outputs else watch.job.prefix + ".out"
+    path = watch.job.outputs[0].path if watch.job.outputs else paths.out(watch.job.prefix)
     try:
         mtime = os.path.getmtime(path)
     except OSError:
@@ -578,7 +578,7 @@ def out_step(watch: Watch) -> Watch:
 
 
 def ckpt_step(job: Job) -> int:
-    return checkpoint.steps_done(job.prefix + ".ckpt")
+    return checkpoint.steps_done(paths.checkpoint(job.prefix))
 
 
 def nth(k: int) -> str:

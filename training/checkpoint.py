@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from training import provenance
+from training import paths, provenance
 from training.files import write_atomic
 from training.schema import MAY_CHANGE_ON_RESUME, same_value, setting
 
@@ -34,11 +34,6 @@ class CheckpointError(ValueError):
 
 class DamagedError(CheckpointError):
     """A file that is not a whole checkpoint: truncated, empty, flipped bits, another file."""
-
-
-def previous_path(path: str) -> str:
-    """Where the checkpoint before the latest is kept."""
-    return path + ".prev"
 
 
 class Progress(NamedTuple):
@@ -67,7 +62,7 @@ def _json(cfg: dict) -> dict:
 
 def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict) -> None:
     """Write the checkpoint of `state` (on the devices) and `progress` atomically, keeping the
-    one it replaces as `previous_path(path)`. The one before that goes first, so the disk holds
+    one it replaces as `paths.previous(path)`. The one before that goes first, so the disk holds
     two checkpoints, and while the new one is written, the latest and the new one."""
     leaves, treedef = jax.tree.flatten(state)
     arrays = {f"state_{i:04d}": np.asarray(x) for i, x in enumerate(jax.device_get(leaves))}
@@ -84,7 +79,7 @@ def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict
         "state_tree": str(treedef),
     }
     arrays["meta"] = np.array(json.dumps(meta))
-    previous = previous_path(path)
+    previous = paths.previous(path)
     if os.path.exists(previous):
         os.remove(previous)
     write_atomic(path, lambda f: np.savez(f, **arrays), keep=previous)
@@ -92,13 +87,13 @@ def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict
 
 def exists(path: str) -> bool:
     """There is a checkpoint to go on from: the latest, or the one before it."""
-    return os.path.exists(path) or os.path.exists(previous_path(path))
+    return os.path.exists(path) or os.path.exists(paths.previous(path))
 
 
 def steps_done(path: str) -> int:
     """Environment steps the latest whole checkpoint (or the one before it) has done, 0 without
     one; reads its metadata only, for a driver watching a run from outside."""
-    for candidate in (path, previous_path(path)):
+    for candidate in (path, paths.previous(path)):
         try:
             with np.load(candidate) as saved:
                 meta = json.loads(str(saved["meta"]))
@@ -117,7 +112,7 @@ def load(
     state's `jax.ShapeDtypeStruct`s for `cfg` (`compilation.state_shapes`); `produced_by`: this
     run's `provenance.record`, which must be the checkpoint's unless `accept_version_change`."""
     damaged = []
-    for candidate in (path, previous_path(path)):
+    for candidate in (path, paths.previous(path)):
         if not os.path.exists(candidate):
             continue
         try:
@@ -238,6 +233,6 @@ def remove_partial_files(prefixes: list[str]) -> None:
 def remove(path: str) -> None:
     """Delete a run's checkpoints, both generations (a finished tune grid's: select needs only
     its `.out` files)."""
-    for generation in (path, previous_path(path)):
+    for generation in (path, paths.previous(path)):
         if os.path.exists(generation):
             os.remove(generation)

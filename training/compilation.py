@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from agents import Agent
 from training import config, loop
 from training.files import make_writable_dir
 from training.saved_programs import SavedProgramJit, program_key
@@ -29,8 +30,8 @@ def _default_xla_flag(flag: str, value) -> None:
 
 # XLA's CPU backend hands both matrix products and element-wise fusions to YNNPACK by default.
 # For the small batched MLPs here the element-wise fusions are slower than XLA's own loops
-# (update time at 8 seeds: simple model -25%, Gaussian latent -25%, categorical latent -8%,
-# ER and perfect model unchanged; README "Performance").
+# (update time at 8 seeds up to 25% lower for the learned models, unchanged without one;
+# README "Performance").
 _default_xla_flag("--xla_cpu_experimental_ynn_fusion_type", "dot")
 # One CPU device per core. The (grid point, seed) pairs are sharded across them
 # (`pair_sharding`), so each core runs its own pairs' updates: one seed's matrix products (batch
@@ -80,24 +81,42 @@ def with_matmul_precision(fn, precision: str):
 
 
 def compile_run(
-    agent: loop.Agent,
+    agent: Agent,
     env,
     cfg: dict,
     num_points: int = 1,
     devices=None,
     program_dir: str | None = None,
 ) -> CompiledRun:
-    """The loop of `loop.py` for `num_points` grid points x `num_seeds` seeds, jitted once.
+    """The loop of `loop.py` for `num_points` grid points x `num_seeds` seeds, jitted once:
+    the run's functions (`run_functions`), each jitted, or with `program_dir` kept there as
+    traced and lowered programs (`SavedProgramJit`), so that a second launch of the same config
+    skips tracing and lowering."""
+    pairs = pair_sharding(num_points, cfg["num_seeds"], devices)
+    functions = run_functions(agent, env, cfg, num_points, pairs)
+    if program_dir is None:
+        jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}
+        return CompiledRun(pairs, **jitted)
+    run_key = program_key(cfg, pairs, num_points)
+    return CompiledRun(
+        pairs,
+        **{
+            name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
+            for name, (fn, kw) in functions.items()
+        },
+    )
+
+
+def run_functions(agent: Agent, env, cfg: dict, num_points: int, pairs) -> dict:
+    """The run's three functions over every (grid point, seed) pair, each with its `jax.jit`
+    arguments: `init` (keys [S] -> states [G, S]), `chunk` (one chunk of `eval_frequency`
+    steps) and `evaluate` (greedy scores [G, S]), traced at the config's matmul precision.
 
     Pairs are independent, so each device runs the chunk on its own block of them
     (`jax.shard_map`): nothing crosses devices inside a chunk, not even the test whether
     any episode ended (`loop.seeds_step`). Grid points share the seeds' random streams
     (common random numbers): point g, seed s starts from the keys of a single run's seed s.
-
-    With `program_dir`, each function's traced and lowered program is kept there
-    (`SavedProgramJit`), so a second launch of the same config skips tracing and lowering.
     """
-    pairs = pair_sharding(num_points, cfg["num_seeds"], devices)
     mesh = pairs.mesh
     by_point = NamedSharding(mesh, PartitionSpec("grid"))  # hp: the grid axis only
     shared = NamedSharding(mesh, PartitionSpec())  # t0, train and the evaluation keys
@@ -108,7 +127,7 @@ def compile_run(
 
     # A CPU device runs its block's grid points one after another, each a chunk of its seeds:
     # one point's parameters and optimiser states stay in the caches through an update, where
-    # all points at once would stream every point's from memory in each pass of the update (ER,
+    # all points at once would stream every point's from memory in each pass of the update (a
     # 3 x 3 grid x 8 seeds, summed steady rate 762 -> 976 steps/s; one 8-seed run: 960). A GPU
     # runs them all at once: its rate grows with the batch (README, Performance).
     point_by_point = mesh.devices.flat[0].platform == "cpu"
@@ -138,7 +157,6 @@ def compile_run(
         return loop.evaluate(agent, env, cfg, learner, key, hp)
 
     evaluate = jax.vmap(jax.vmap(score, in_axes=(0, 0, None)), in_axes=(0, None, 0))
-    precision = cfg["matmul_precision"]
     functions = {
         "init": (init, dict(in_shardings=shared, out_shardings=pairs)),
         # The states are donated so the buffers are updated in place, not copied every chunk.
@@ -152,20 +170,10 @@ def compile_run(
         ),
         "evaluate": (evaluate, dict(in_shardings=(pairs, shared, by_point), out_shardings=pairs)),
     }
-    functions = {
+    precision = cfg["matmul_precision"]
+    return {
         name: (with_matmul_precision(fn, precision), kw) for name, (fn, kw) in functions.items()
     }
-    if program_dir is None:
-        jitted = {name: jax.jit(fn, **kw) for name, (fn, kw) in functions.items()}
-        return CompiledRun(pairs, **jitted)
-    run_key = program_key(cfg, pairs, num_points)
-    return CompiledRun(
-        pairs,
-        **{
-            name: SavedProgramJit(fn, kw, os.path.join(program_dir, f"{name}-{run_key}"))
-            for name, (fn, kw) in functions.items()
-        },
-    )
 
 
 def enable_compilation_cache() -> str | None:
@@ -201,7 +209,7 @@ def enable_compilation_cache() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def state_shapes(agent: loop.Agent, env, num_points: int, num_seeds: int):
+def state_shapes(agent: Agent, env, num_points: int, num_seeds: int):
     """The training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front: traced from one
     seed's initial state, neither compiled nor allocated."""
     one = jax.eval_shape(lambda key: loop.init_seed(agent, env, key), jax.random.PRNGKey(0))

@@ -111,13 +111,15 @@ def _grid_axis(name: str, values: list, key: Key) -> list:
     return checked
 
 
-def validate_config(raw: Any, agent_type: str) -> dict:
-    """Defaults filled in, types and ranges checked; raises `ConfigError` on the first problem.
+def validate_config(raw: Any, agent) -> dict:
+    """Defaults filled in, types and ranges checked for the agent whose definition is `agent`
+    (its `agent_type` and the `keys` it accepts: `training/definition.py`); raises `ConfigError`
+    on the first problem.
 
     A traced key may hold a list: an axis of a grid of runs (`grid_points`)."""
     if not isinstance(raw, dict):
         raise ConfigError("the config file must hold a JSON object")
-    accepted = {name for name, key in SCHEMA.items() if agent_type in key.agents}
+    agent_type, accepted = agent.agent_type, agent.keys
     for name in raw:
         if name not in accepted:
             close = difflib.get_close_matches(name, accepted, n=1)
@@ -169,7 +171,8 @@ def warnings(cfg: dict) -> list[str]:
     return lines
 
 
-def load_config(path: str, agent_type: str) -> dict:
+def load_config(path: str, agent) -> dict:
+    """`validate_config` of a JSON file (`agent`: an agent's definition)."""
     try:
         with open(path) as f:
             raw = json.load(f)
@@ -177,7 +180,7 @@ def load_config(path: str, agent_type: str) -> dict:
         raise ConfigError(f"--config: cannot read {path!r}: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"--config: {path!r} is not valid JSON ({error})") from None
-    return validate_config(raw, agent_type)
+    return validate_config(raw, agent)
 
 
 def traced_hyperparameters(cfg: dict) -> HParams:
@@ -214,8 +217,3 @@ def grid_hyperparameters(points: list[dict]) -> HParams:
     """`traced_hyperparameters` of every point, stacked: each leaf [G] float32."""
     per_point = [traced_hyperparameters(point) for point in points]
     return {name: jnp.stack([hp[name] for hp in per_point]) for name in per_point[0]}
-
-
-def point_name(point: dict, axes) -> str:
-    """How a grid point's output files are told apart: `alpha_adam=5e-05_softmax_temp=0.1`."""
-    return "_".join(f"{name}={point[name]!r}" for name in axes)

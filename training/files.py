@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from training import paths
+
 # The process's umask: reading it means setting it, so it is set back at once.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -110,7 +112,7 @@ class OutputLock:
     message a second process prints."""
 
     def __init__(self, prefix: str):
-        self.path = prefix + ".lock"
+        self.path = paths.lock(prefix)
         self.fd = None
 
     def __enter__(self) -> OutputLock:
