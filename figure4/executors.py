@@ -547,6 +547,7 @@ class Watch(NamedTuple):
     job: Job
     handle: Any  # submitit's job
     from_step: int  # the checkpoint's step when it was submitted
+    resume_from: int = -1  # the step its next run resumes from (-1: from_step)
     state: str = ""  # the state last shown
     started: str = ""  # when the run last seen running started
     step: int = 0  # step reached, from its `.out`
@@ -595,16 +596,13 @@ def follow(watch: Watch, seen: Seen | None) -> tuple[Watch, list[str]]:
     name, job_id, lines = name_of(watch.job), watch.handle.job_id, []
     watch = out_step(watch)._replace(gone_looks=0)
     num_steps = watch.job.raw["num_steps"]
-    if watch.state == "RUNNING" and seen.state in REQUEUED_STATES:
-        watch = watch._replace(requeues=watch.requeues + 1)
-        k = watch.requeues
-        lines.append(f"{name}: job {job_id} requeued at step {ckpt_step(watch.job)} ({nth(k)})")
+    restarted = seen.state == "RUNNING" and watch.started and seen.started != watch.started
+    if watch.state == "RUNNING" and (seen.state in REQUEUED_STATES or restarted):
+        step = ckpt_step(watch.job)  # what the stopped run saved (a look later: at most that)
+        watch = watch._replace(requeues=watch.requeues + 1, resume_from=step)
+        lines.append(f"{name}: job {job_id} requeued at step {step} ({nth(watch.requeues)})")
     if seen.state == "RUNNING" and seen.started != watch.started:
-        if watch.started and watch.state == "RUNNING":  # requeued and restarted between looks
-            watch = watch._replace(requeues=watch.requeues + 1)
-            k = watch.requeues
-            lines.append(f"{name}: job {job_id} requeued at step {ckpt_step(watch.job)} ({nth(k)})")
-        resumed = ckpt_step(watch.job)
+        resumed = watch.from_step if watch.resume_from < 0 else watch.resume_from
         if resumed:
             lines.append(f"{name}: job {job_id} resumed from step {resumed}")
         watch = watch._replace(started=seen.started, rate_from=(time.time(), watch.step))
@@ -657,7 +655,7 @@ def ended_without_result(watch: Watch, reason: str, versions: dict, options: Opt
                 f"; the chunk it was in outlasted the {options.signal_delay} s warning before "
                 "its time limit (--signal-delay), so it was not requeued"
             )
-        return Ending("again", f"{why} at step {step}{hint}; submitting it again to resume")
+        return Ending("again", f"{why} at step {step}{hint}")
     return Ending("again", f"{why} with no new checkpoint (step {step})", counts=True)
 
 
@@ -894,8 +892,12 @@ def watch_jobs(jobs: list[Job], watches: dict, queue: list, options, out_dir: st
                     continue
                 retries[prefix] += ending.counts
                 if ending.kind == "again" and retries[prefix] <= options.retries:
-                    tries = f" (retry {retries[prefix]} of {options.retries})" * ending.counts
-                    print(f"{name}: {ending.line}; submitting it again{tries}", flush=True)
+                    again = (
+                        f"submitting it again (retry {retries[prefix]} of {options.retries})"
+                        if ending.counts
+                        else "submitting it again to resume from its checkpoint"
+                    )
+                    print(f"{name}: {ending.line}; {again}", flush=True)
                     outcomes[prefix] = ("TO SUBMIT", ending.line)
                     queue.append(watch.job)
                     continue
