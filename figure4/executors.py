@@ -598,7 +598,7 @@ def follow(watch: Watch, seen: Seen | None) -> tuple[Watch, list[str]]:
     num_steps = watch.job.raw["num_steps"]
     restarted = seen.state == "RUNNING" and watch.started and seen.started != watch.started
     if watch.state == "RUNNING" and (seen.state in REQUEUED_STATES or restarted):
-        step = ckpt_step(watch.job)  # what the stopped run saved (a look later: at most that)
+        step = ckpt_step(watch.job)  # what the stopped run saved (or, seen late, a bit past it)
         watch = watch._replace(requeues=watch.requeues + 1, resume_from=step)
         lines.append(f"{name}: job {job_id} requeued at step {step} ({nth(watch.requeues)})")
     if seen.state == "RUNNING" and seen.started != watch.started:
