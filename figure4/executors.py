@@ -596,8 +596,11 @@ def follow(watch: Watch, seen: Seen | None) -> tuple[Watch, list[str]]:
     name, job_id, lines = name_of(watch.job), watch.handle.job_id, []
     watch = out_step(watch)._replace(gone_looks=0)
     num_steps = watch.job.raw["num_steps"]
-    restarted = seen.state == "RUNNING" and watch.started and seen.started != watch.started
-    if watch.state == "RUNNING" and (seen.state in REQUEUED_STATES or restarted):
+    # A job that ran is requeued when it is queued again, or runs again from a new start (it
+    # may pass through COMPLETING, and a look may miss its time in the queue).
+    restarted = seen.state == "RUNNING" and seen.started != watch.started
+    queued_again = seen.state in REQUEUED_STATES or restarted
+    if watch.started and watch.state not in REQUEUED_STATES and queued_again:
         step = ckpt_step(watch.job)  # what the stopped run saved (or, seen late, a bit past it)
         watch = watch._replace(requeues=watch.requeues + 1, resume_from=step)
         lines.append(f"{name}: job {job_id} requeued at step {step} ({nth(watch.requeues)})")
