@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import reproduce_figure4 as r4
 from figure4 import executors
+from figure4.plan import Cell, Job
 
 PARTITIONS = ("debug", "gpu")
 
@@ -142,3 +143,41 @@ def test_plot_after_adding_a_cell_keeps_the_others(tmp_path, capsys):
     for label in ("1. ", "2. ", "3. "):
         assert f"  {label}" in out  # the ranking has all three
     assert (tmp_path / "figure4.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def looks(seen: list[tuple[str, str]], tmp_path) -> list[str]:
+    """The driver's lines for a job listed as `seen` (state, start time) at successive looks."""
+    cell = Cell("ER", "ProcMaze", "high")
+    raw = {"num_steps": 200, "eval_frequency": 20}
+    prefix = str(tmp_path / cell.name)
+    job = Job("final", cell, raw, {}, prefix + ".json", prefix, ())
+    watch = executors.Watch(job, types.SimpleNamespace(job_id="12_0"), 0)
+    lines = []
+    for state, started in seen:
+        watch, new = executors.follow(watch, executors.Seen(state, started))
+        lines += new
+    return lines
+
+
+@pytest.mark.parametrize(
+    "seen",
+    [
+        # requeued: the job passes through COMPLETING and PENDING, and runs from a new start
+        [("PENDING", "t0"), ("RUNNING", "t1"), ("COMPLETING", "t1"), ("PENDING", "t3"),
+         ("RUNNING", "t4"), ("RUNNING", "t4")],
+        # the same, its time in the queue between two looks
+        [("RUNNING", "t1"), ("RUNNING", "t4")],
+    ],
+)  # fmt: skip
+def test_a_requeue_is_logged_once_however_the_looks_fall(seen, tmp_path):
+    lines = looks(seen, tmp_path)
+    requeued = [line for line in lines if "requeued" in line]
+    assert requeued == ["final ER_ProcMaze_high: job 12_0 requeued at step 0 (1st time)"]
+
+
+def test_a_job_running_on_is_not_a_requeue(tmp_path):
+    lines = looks([("PENDING", "t0"), ("RUNNING", "t1"), ("RUNNING", "t1")], tmp_path)
+    assert lines == [
+        "final ER_ProcMaze_high: job 12_0 PENDING, step 0 of 200",
+        "final ER_ProcMaze_high: job 12_0 RUNNING, step 0 of 200",
+    ]
