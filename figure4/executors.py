@@ -9,12 +9,20 @@ What happens to a job that is stopped:
 - SLURM's warning before the time limit (SIGUSR2, submitit's signal) or a preemption (SIGTERM):
   the run writes its checkpoint at the end of the chunk it is in and stops; the job then asks
   submitit to requeue it (submitit's checkpoint/requeue protocol), and the requeued job resumes.
-  The driver keeps waiting for it.
+  A SIGTERM while SLURM ends the job (`scancel`, a kill at the time limit) is not requeued.
+- A job that leaves the queue without a result (cancelled, killed, a chunk longer than the
+  warning, a node lost): its files decide. A finished `.out` is done; a checkpoint newer than
+  its submission is submitted again and resumed; no new checkpoint is retried `--retries`
+  times, then reported with its log's last lines while the other cells go on.
 - The driver stopped (SIGINT, SIGTERM): local jobs are stopped with it (each checkpoints);
   SLURM jobs go on, and the driver records them (`logs/<stage>/submitted.json`), so the same
-  command started again waits on them instead of submitting them twice.
-The driver polls the jobs itself (`squeue` on SLURM, which needs no accounting) and prints one
-line per change of a job's state.
+  command started again watches them instead of submitting them twice; a recorded job SLURM no
+  longer lists is gone, and its files decide as above.
+The driver polls the jobs itself (`squeue` on SLURM, which needs no accounting; `sacct` only for
+the reason a forgotten job ended, where it answers), prints one line per change of a job's
+state with its step, and keeps `<out-dir>/status.json` for `reproduce_figure4.py --status`.
+Before the first `sbatch` the request is checked against `sinfo`; one driver works on a folder
+at a time (`driver_lock`).
 """
 
 from __future__ import annotations
