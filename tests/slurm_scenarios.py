@@ -189,27 +189,43 @@ def two_at_once(folder: str) -> dict:
     return {"runs": [d.wait() for d in drivers], "pids": pids, "out": out}
 
 
+def uninterrupted(folder: str) -> dict:
+    """The quick ER ProcMaze high-data cell run by the inline driver, never interrupted: what
+    the interrupted runs must equal byte for byte."""
+    out = os.path.join(folder, "uninterrupted")
+    command = [sys.executable, os.path.join(os.path.dirname(TESTS), "reproduce_figure4.py")]
+    command += [*QUICK_FINAL, "--regimes", "high", "--out-dir", out]
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": ""}  # compiled afresh
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    return {"run": done, "prefix": cell_prefix(out, "high")}
+
+
+# test -> the scenarios it takes results of
 SCENARIOS = {
-    "test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver": forgotten,
-    "test_a_job_cancelled_and_forgotten_between_two_looks_is_reported_not_awaited": forgotten,
-    "test_a_chunk_longer_than_the_warning_still_finishes": stalled,
-    "test_killed_jobs_are_retried_and_a_cell_that_keeps_failing_is_reported": killed,
-    "test_two_drivers_released_at_once_on_one_folder_submit_once": two_at_once,
+    "test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver": (
+        forgotten,
+        uninterrupted,
+    ),
+    "test_a_job_cancelled_and_forgotten_between_two_looks_is_reported_not_awaited": (forgotten,),
+    "test_a_chunk_longer_than_the_warning_still_finishes": (stalled, uninterrupted),
+    "test_killed_jobs_are_retried_and_a_cell_that_keeps_failing_is_reported": (killed,),
+    "test_two_drivers_released_at_once_on_one_folder_submit_once": (two_at_once,),
 }
 
 
 def start(tests: set[str] | None) -> None:
     """Start the scenarios of the selected tests (every one without a selection), once each."""
-    for test, scenario in SCENARIOS.items():
-        if (tests is None or test in tests) and scenario.__name__ not in FUTURES:
-            folder = tempfile.mkdtemp(prefix=f"slurm_{scenario.__name__}_")
-            FUTURES[scenario.__name__] = POOL.submit(scenario, folder)
+    for test, scenarios in SCENARIOS.items():
+        for scenario in scenarios if tests is None or test in tests else ():
+            if scenario.__name__ not in FUTURES:
+                folder = tempfile.mkdtemp(prefix=f"slurm_{scenario.__name__}_")
+                FUTURES[scenario.__name__] = POOL.submit(scenario, folder)
 
 
-def result(test: str) -> dict:
-    """The result of the test's scenario (started now when the session did not start it)."""
+def result(test: str, scenario=None) -> dict:
+    """The result of the test's (first) scenario, started now when the session did not."""
     start({test})
-    return FUTURES[SCENARIOS[test].__name__].result(timeout=TIMEOUT)
+    return FUTURES[(scenario or SCENARIOS[test][0]).__name__].result(timeout=TIMEOUT)
 
 
 def stop() -> None:

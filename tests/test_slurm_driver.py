@@ -13,8 +13,6 @@ import slurm_scenarios
 from conftest import load_pickle
 
 import reproduce_figure4 as r4
-from agent_registry import AGENTS
-from figure4 import plan
 
 pytestmark = pytest.mark.skipif(
     not slurm_jobs.cluster_answers(),
@@ -23,15 +21,12 @@ pytestmark = pytest.mark.skipif(
 EVALUATIONS = 10  # the quick preset: 200 steps, an evaluation every 20
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_high(tmp_path_factory):
-    """The quick ER ProcMaze high-data cell run in this process, never interrupted: the prefix
-    of its files."""
-    out = tmp_path_factory.mktemp("uninterrupted")
-    the_plan = plan.Plan(str(out), plan.PRESETS["quick"], (), (), 2, 0, "table")
-    job = plan.final_job(plan.Cell("ER", "ProcMaze", "high"), the_plan)
-    AGENTS["ER"].run(job.raw, job.prefix, quiet=True)
-    return job.prefix
+def uninterrupted_high(test: str) -> str:
+    """The prefix of the quick ER ProcMaze high-data cell run by the inline driver, never
+    interrupted (a scenario of its own, beside the suite)."""
+    scenario = slurm_scenarios.result(test, slurm_scenarios.uninterrupted)
+    assert scenario["run"].returncode == 0, scenario["run"].stderr[-3000:]
+    return scenario["prefix"]
 
 
 def assert_same_files(prefix: str, other: str) -> None:
@@ -45,7 +40,7 @@ def finished(prefix: str) -> bool:
 
 
 @pytest.mark.slurm_background
-def test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver(uninterrupted_high):
+def test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver():
     """Its driver killed, its job cancelled and forgotten by SLURM (`squeue --jobs` refuses
     the id): the same command resubmits the cell, which resumes from its checkpoint."""
     scenario = slurm_scenarios.result(
@@ -58,7 +53,10 @@ def test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver(uninter
     )
     assert "resumed from step " in restart.stdout
     assert "final: 1 done, 0 running, 0 pending, 0 failed" in restart.stdout
-    assert_same_files(uninterrupted_high, slurm_scenarios.cell_prefix(scenario["a_dir"], "high"))
+    whole = uninterrupted_high(
+        "test_a_cancelled_job_slurm_forgot_is_resumed_by_the_restarted_driver"
+    )
+    assert_same_files(whole, slurm_scenarios.cell_prefix(scenario["a_dir"], "high"))
 
 
 @pytest.mark.slurm_background
@@ -79,7 +77,7 @@ def test_a_job_cancelled_and_forgotten_between_two_looks_is_reported_not_awaited
 
 
 @pytest.mark.slurm_background
-def test_a_chunk_longer_than_the_warning_still_finishes(uninterrupted_high):
+def test_a_chunk_longer_than_the_warning_still_finishes():
     """The warning comes in a chunk that outlasts it: the job ends TIMEOUT with no requeue,
     and the driver resubmits it from its last checkpoint until it is done, byte for byte the
     uninterrupted run."""
@@ -89,7 +87,8 @@ def test_a_chunk_longer_than_the_warning_still_finishes(uninterrupted_high):
     assert "ended without a result (TIMEOUT) at step " in run.stdout
     assert "outlasted the 5 s warning before its time limit (--signal-delay)" in run.stdout
     assert "resumed from step " in run.stdout
-    assert_same_files(uninterrupted_high, slurm_scenarios.cell_prefix(scenario["out"], "high"))
+    whole = uninterrupted_high("test_a_chunk_longer_than_the_warning_still_finishes")
+    assert_same_files(whole, slurm_scenarios.cell_prefix(scenario["out"], "high"))
 
 
 @pytest.mark.slurm_background
