@@ -133,11 +133,19 @@ def test_every_section_sign_names_its_document():
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def made_by_tests() -> str:
+    """The tests' source, minus this file: a worked example's file that a test writes (the
+    README's new agent, say) is named there."""
+    own = Path(__file__).resolve()
+    return "\n".join(p.read_text() for p in sorted((ROOT / "tests").rglob("*.py")) if p != own)
+
+
 def _resolves(named: str, citing: Path) -> bool:
     """A bare file name (or pattern, `train_*.py`) that some file of the repository has, or a
-    path from the repository root or from the citing file's folder."""
-    if "<" in named:  # a template, such as `train_<agent>.py`
-        return True
+    path from the repository root or from the citing file's folder, or a file a test writes."""
+    if "<" in named or ("/" not in named and f'"{named}"' in made_by_tests()):
+        return True  # a template, such as `train_<agent>.py`, or a file a test makes
     if "/" not in named:
         return any(rel.match(named) for rel in repository_files())
     targets = {os.path.normpath(base / named) for base in (Path(), citing.parent)}

@@ -16,7 +16,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
+from helpers import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS

@@ -15,10 +15,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from conftest import fake_values, headless_env, run_tool  # noqa: E402
-from conftest import write_fake_out as write_out  # noqa: E402
+from helpers import fake_values, headless_env, run_tool  # noqa: E402
+from helpers import write_fake_out as write_out  # noqa: E402
 
 import plot_metric  # noqa: E402
 

@@ -9,7 +9,7 @@ import types
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import fake_values, run_tool, write_fake_out
+from helpers import fake_values, run_tool, write_fake_out
 
 from training import results
 

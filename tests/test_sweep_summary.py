@@ -17,9 +17,8 @@ import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from conftest import headless_env, run_tool  # noqa: E402
+from helpers import headless_env, run_tool  # noqa: E402
 
 import sweep_summary  # noqa: E402
 
