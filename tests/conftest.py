@@ -19,7 +19,8 @@ def pytest_collection_finish(session):
     """The SLURM job of the time-limit test starts with the session: it needs minutes, nearly
     all of them waiting, so it runs while the rest of the suite does (`tests/slurm_jobs.py`)."""
     if any(item.get_closest_marker("slurm_background") for item in session.items):
-        slurm_jobs.start_background(tiny_config("ER", **slurm_jobs.TIME_LIMIT_RUN))
+        tests = {item.name for item in session.items}
+        slurm_jobs.start_background(tiny_config("ER", **slurm_jobs.TIME_LIMIT_RUN), tests)
 
 
 def pytest_sessionfinish(session):

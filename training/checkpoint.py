@@ -111,6 +111,19 @@ def refuse_start_over(path: str, cfg: dict) -> None:
         )
 
 
+def steps_done(path: str) -> int:
+    """Environment steps the latest whole checkpoint (or the one before it) has done, 0 without
+    one; reads its metadata only, for a driver watching a run from outside."""
+    for candidate in (path, paths.previous(path)):
+        try:
+            with np.load(candidate) as saved:
+                meta = json.loads(str(saved["meta"]))
+            return meta["chunks_done"] * meta["config"]["eval_frequency"]
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+            continue
+    return 0
+
+
 def load(
     path: str,
     cfg: dict,
