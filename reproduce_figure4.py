@@ -199,10 +199,8 @@ def run_plot(args) -> None:
         print(f"plot: every finished cell under {folder} is drawn, also {'; '.join(extra)}")
     lines = figure.save_figure(path, folder, agents, envs, regimes, args.window)
     print(f"plot: {lines} curves from {folder} -> {path}")
-    print("
-".join(figure.ranking_lines(folder, agents, envs, regimes)))
-    print("
-".join(figure.write_comparison(path, folder, agents, envs, regimes)))
+    print("\n".join(figure.ranking_lines(folder, agents, envs, regimes)))
+    print("\n".join(figure.write_comparison(path, folder, agents, envs, regimes)))
 
 
 # --------------------------------------------------------------------------------------------
