@@ -808,7 +808,7 @@ def test_state_type_is_saved_by_jax_export(name):
 
 
 @pytest.mark.parametrize("name", list(ENVIRONMENTS))
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(data=st.data())
 def test_any_env_config_builds_or_is_one_line(name, data):
     """A config of the constructor's keys (and stray ones) with any small values either builds

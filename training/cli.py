@@ -30,6 +30,12 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
         help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
     )
     parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again from step 0 over the checkpoint <output>.ckpt of an earlier run "
+        "(which a run without --resume or --restart refuses to replace)",
+    )
+    parser.add_argument(
         "--accept-version-change",
         action="store_true",
         help="--resume even from a checkpoint that another version of the code, of jax, "
@@ -54,6 +60,7 @@ def main(definition: AgentDefinition, argv: list[str] | None = None) -> experime
             resume=args.resume,
             quiet=args.quiet,
             accept_version_change=args.accept_version_change,
+            restart=args.restart,
             trackers=trackers.from_flags(args),
         )
     except experiment.RunError as error:

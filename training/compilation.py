@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from agents import Agent
 from training import config, loop
 from training.files import make_writable_dir
-from training.saved_programs import SavedProgramJit, program_key
+from training.saved_programs import SavedProgramJit, disable_compilation_cache, program_key
 
 
 def _default_xla_flag(flag: str, value) -> None:
@@ -47,11 +47,14 @@ def pair_sharding(num_points: int, num_seeds: int, devices=None) -> NamedShardin
     `num_seeds`, as many as possible (at most all of `devices`, by default the backend's: one
     per core on CPU, the GPUs on a GPU machine)."""
     devices = jax.devices() if devices is None else list(devices)
+    # Divisors up to the number of devices only: the work stays that of the devices, whatever
+    # the sizes (2e9 seeds once spent minutes here before the memory check could refuse them).
+    most = len(devices)
     shapes = [
         (g, s)
-        for g in range(1, num_points + 1)
-        for s in range(1, num_seeds + 1)
-        if num_points % g == 0 and num_seeds % s == 0 and g * s <= len(devices)
+        for g in range(1, min(num_points, most) + 1)
+        for s in range(1, min(num_seeds, most) + 1)
+        if num_points % g == 0 and num_seeds % s == 0 and g * s <= most
     ]
     g, s = max(shapes, key=lambda shape: (shape[0] * shape[1], shape[1]))
     mesh = Mesh(np.array(devices[: g * s]).reshape(g, s), ("grid", "seeds"))
@@ -176,6 +179,11 @@ def run_functions(agent: Agent, env, cfg: dict, num_points: int, pairs) -> dict:
     }
 
 
+# A cache that cannot take this much (a full disk) is off from the start: one line, rather
+# than a warning from JAX for every program it fails to write.
+CACHE_PROBE_BYTES = 1 << 20
+
+
 def enable_compilation_cache() -> str | None:
     """JAX's persistent compilation cache, on by default: a second launch of the same config
     skips XLA compilation. `JAX_COMPILATION_CACHE_DIR` moves it; an empty value turns it off.
@@ -187,15 +195,15 @@ def enable_compilation_cache() -> str | None:
     if not directory:
         return None
     programs = os.path.join(directory, "programs")
-    try:  # a cache it cannot write (a read-only home on a compute node) is only slower
-        make_writable_dir(programs)
+    try:  # a cache it cannot write (a read-only home or a full disk) is only slower
+        make_writable_dir(programs, probe_bytes=CACHE_PROBE_BYTES)
     except OSError as error:
         print(
             f"warning: compilation cache {directory}: {error.strerror}; compiling from scratch "
             "(JAX_COMPILATION_CACHE_DIR moves it)",
             file=sys.stderr,
         )
-        jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
+        disable_compilation_cache()
         return None
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", directory)
@@ -246,6 +254,20 @@ def metrics_bytes(evaluations: int, num_points: int, num_seeds: int, diagnostics
     return 2 * evaluations * num_points * num_seeds * (4 * (1 + diagnostics) + 1)
 
 
+def evaluation_bytes(env, cfg: dict, num_points: int) -> int:
+    """Bytes the greedy evaluation holds at once (`loop.evaluate`, every pair's
+    `eval_batch_size` environments together): per environment its state and observation, the
+    observation as the network's float32 input, the keys of its `eval_steps` steps and the Q
+    network's activations for one observation. Estimated from shapes, before compiling, so
+    that a huge `eval_batch_size` stops in the memory check rather than in XLA."""
+    reset = jax.eval_shape(env.reset, jax.random.PRNGKey(0))
+    env_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(reset))
+    observation = sum(x.size for x in jax.tree.leaves(reset[1]))
+    layers = cfg["num_hidden_layers"] * cfg["num_hidden_units"] + env.num_actions()
+    per_env = env_bytes + 4 * observation + 8 * cfg["eval_steps"] + 4 * layers
+    return per_env * cfg["eval_batch_size"] * num_points * cfg["num_seeds"]
+
+
 def temporaries_bytes(compiled, num_devices: int) -> int:
     """What a compiled function needs beside its arguments and outputs, as XLA reports it (per
     device), on all the devices that run it."""
@@ -253,29 +275,39 @@ def temporaries_bytes(compiled, num_devices: int) -> int:
     return 0 if analysis is None else analysis.temp_size_in_bytes * num_devices
 
 
-def check_memory(shapes, devices=None, metrics: int = 0, temporaries: int | None = None) -> str:
+def check_memory(
+    shapes, devices=None, metrics: int = 0, temporaries: int | None = None, evaluation: int = 0
+) -> str:
     """Raise `ConfigError` when a training state of these `state_shapes` ([G, S] in front),
     with what the run holds beside it, cannot fit on the devices that will hold it; else return
     a line for the start-up log saying how much it takes. Beside the state: on a CPU (whose
     devices share the host's memory) the run's `metrics`, and, once the loop is compiled, its
-    `temporaries` (on a CPU running grid points one after another, about 1.2 times the state)."""
+    `temporaries` (on a CPU running grid points one after another, about 1.2 times the state);
+    and the `evaluation`'s environments (`evaluation_bytes`), which a chunk's temporaries do not
+    meet (the two run one after the other), so the larger of the two counts."""
     num_points, num_seeds = jax.tree.leaves(shapes)[0].shape[:2]
     state, buffers = training_state_bytes(shapes)
     used = list(pair_sharding(num_points, num_seeds, devices).mesh.devices.flat)
     available, where = available_memory(used)
     metrics = metrics if used[0].platform == "cpu" else 0  # a GPU run's metrics are the host's
-    total = state + metrics + (temporaries or 0)
+    total = state + metrics + max(temporaries or 0, evaluation)
     points = f" x {num_points} grid points" if num_points > 1 else ""
     gb = 1e9  # decimal gigabytes, as `free --giga` and most people count them
     parts = [f"training state {state / gb:.2f} GB (replay buffers {buffers / gb:.2f} GB)"]
     if metrics:
         parts.append(f"metrics {metrics / gb:.2f} GB")
+    if evaluation:
+        parts.append(f"evaluation {evaluation / gb:.2f} GB")
     if temporaries is not None:
         parts.append(f"the compiled loop's temporaries {temporaries / gb:.2f} GB")
     need = f"{', '.join(parts)} for {num_seeds} seeds{points}"
     if total > available:
+        # The key to name: the one behind the largest part.
+        largest = max(
+            (state, "buffer_size"), (metrics, "num_steps"), (evaluation, "eval_batch_size")
+        )
         raise config.ConfigError(
-            f"buffer_size: the run needs {total / gb:.2f} GB ({need}), more than the "
-            f"{available / gb:.1f} GB of {where}; lower buffer_size, num_seeds or the grid"
+            f"{largest[1]}: the run needs {total / gb:.2f} GB ({need}), more than the "
+            f"{available / gb:.1f} GB of {where}; lower {largest[1]}, num_seeds or the grid"
         )
     return f"memory: {need}; {available / gb:.1f} GB in {where}"

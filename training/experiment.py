@@ -35,6 +35,7 @@ from training.compilation import (
     check_memory,
     compile_run,
     enable_compilation_cache,
+    evaluation_bytes,
     metrics_bytes,
     state_shapes,
     temporaries_bytes,
@@ -74,6 +75,7 @@ class Setup(NamedTuple):
     hp: HParams  # the traced hyperparameters of every point, leaves [G]
     shapes: Any  # the training state's `jax.ShapeDtypeStruct`s, axes [G, S] in front
     metrics: int  # host bytes of the run's metrics (`compilation.metrics_bytes`)
+    evaluation: int  # bytes the evaluation holds at once (`compilation.evaluation_bytes`)
     warnings: list[str]  # lines for a config that cannot do what it seems to say
     provenance: dict  # what produces the run's files (`provenance.record`)
 
@@ -107,17 +109,22 @@ def prepare(definition: AgentDefinition, cfg, seed: int = 0) -> Setup:
                 f"{str(env.episodic).lower()}, got {str(cfg['episodic_env']).lower()}"
             )
         agent = definition.build_agent(cfg, env)
-        points, axes = config.grid_points(cfg), config.grid_axes(cfg)
-        shapes = state_shapes(agent, env, len(points), cfg["num_seeds"])
+        num_points = config.grid_size(cfg)  # sizes are checked before a point is built
+        shapes = state_shapes(agent, env, num_points, cfg["num_seeds"])
         evaluations = cfg["num_steps"] // cfg["eval_frequency"]
-        metrics = metrics_bytes(evaluations, len(points), cfg["num_seeds"], len(agent.diagnostics))
-        check_memory(shapes, metrics=metrics)  # before compiling; again after (`compile_chunk`)
+        metrics = metrics_bytes(evaluations, num_points, cfg["num_seeds"], len(agent.diagnostics))
+        evaluation = evaluation_bytes(env, cfg, num_points)
+        # before compiling; again after (`compile_chunk`)
+        check_memory(shapes, metrics=metrics, evaluation=evaluation)
+        points, axes = config.grid_points(cfg), config.grid_axes(cfg)
     except config.ConfigError as error:
         raise RunError(f"{where}config error: {error}") from None
     hp = config.grid_hyperparameters(points)
     produced_by = provenance.record(jax.devices()[0].device_kind)
     warnings = config.warnings(cfg)
-    return Setup(cfg, env, agent, points, axes, hp, shapes, metrics, warnings, produced_by)
+    return Setup(
+        cfg, env, agent, points, axes, hp, shapes, metrics, evaluation, warnings, produced_by
+    )
 
 
 def compile_setup(setup: Setup, program_dir: str | None = None, agent=None) -> CompiledRun:
@@ -142,17 +149,22 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     accept_version_change: bool = False,
+    restart: bool = False,
     trackers: Trackers | None = None,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent of `definition` into
     files named `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and
     `.ckpt` (`paths.py`); with
     `resume`, go on from `<output>.ckpt` when there is one (`accept_version_change`: even if
-    another version of the code or libraries wrote it). The run holds `<output>.lock` while it
-    trains. Raises `RunError`, whose message is the one line the command line prints, before
-    anything compiles when it can; `RunInterruptedError` when a signal stopped it at the end
-    of a chunk. `trackers`: where the curves also go live (TensorBoard, W&B: `trackers.py`)."""
+    another version of the code or libraries wrote it); with `restart`, start again from step
+    0 over an existing checkpoint, which a run with neither refuses. The run holds
+    `<output>.lock` while it trains. Raises `RunError`, whose message is the one line the
+    command line prints, before anything compiles when it can; `RunInterruptedError` when a
+    signal stopped it at the end of a chunk. `trackers`: where the curves also go live
+    (TensorBoard, W&B: `trackers.py`)."""
     start = time.time()
+    if resume and restart:
+        raise RunError("--resume and --restart: give one (go on, or start again from step 0)")
     program_dir = enable_compilation_cache()  # before anything compiles, even a PRNG key
     setup = prepare(definition, cfg, seed)
     for line in setup.warnings:
@@ -161,12 +173,19 @@ def run(
     try:
         files.check_output(output, paths.run_files(output, prefixes))
         with files.OutputLock(output):
+            start_over(paths.checkpoint(output), setup.cfg, resume, restart)
             written = train(
                 setup, output, quiet, program_dir, resume, accept_version_change, trackers
             )
     except files.OutputError as error:
         raise RunError(str(error)) from None
-    if not quiet:
+    if not quiet and written.chunks_run == 0:
+        print(
+            f"finished already: {written.checkpoint} holds all {setup.cfg['num_steps']} steps; "
+            "its .out written again from it, nothing trained",
+            file=sys.stderr,
+        )
+    elif not quiet:
         steps = setup.cfg["num_steps"] * setup.cfg["num_seeds"] * len(setup.points)
         elapsed = time.time() - start
         print(
@@ -175,6 +194,18 @@ def run(
             file=sys.stderr,
         )
     return written
+
+
+def start_over(checkpoint_path: str, cfg: dict, resume: bool, restart: bool) -> None:
+    """A run without `--resume` over an existing checkpoint is refused in one line, unless
+    `--restart` says to start again: then the checkpoints go first."""
+    if restart:
+        checkpoint.remove(checkpoint_path)
+    elif not resume:
+        try:
+            checkpoint.refuse_start_over(checkpoint_path, cfg)
+        except checkpoint.CheckpointError as error:
+            raise RunError(str(error)) from None
 
 
 class StopSignals:
@@ -284,6 +315,8 @@ def train(
     `RunInterruptedError`); a file that cannot be written is a `RunError`."""
     cfg, run_files = setup.cfg, RunFiles.of(setup, output)
     restored = restore(setup, run_files, resume, accept_version_change, quiet)
+    if restored is not None:  # its files record every version that ran it
+        setup = setup._replace(provenance=restored.provenance)
     compiled, carry = start(setup, restored, program_dir, quiet)
     listener = open_listener(trackers, output, setup, carry.progress, quiet)  # live curves
     carry = carry._replace(progress=carry.progress._replace(trackers=listener.run_ids()))
@@ -338,7 +371,12 @@ def restore(
         return None
     try:
         restored = checkpoint.load(
-            path, setup.cfg, setup.shapes, setup.provenance, accept_version_change
+            path,
+            setup.cfg,
+            setup.shapes,
+            setup.provenance,
+            accept_version_change,
+            metric_names(setup.agent),
         )
     except checkpoint.CheckpointError as error:
         raise RunError(f"--resume: {error}") from None
@@ -346,6 +384,11 @@ def restore(
         print(restored.note, file=sys.stderr)
     checkpoint.remove_partial_files([run_files.output, *run_files.prefixes])
     return restored
+
+
+def metric_names(agent: Agent) -> tuple[str, ...]:
+    """What a run records at each evaluation, for each pair: one [G, S] array each."""
+    return (results.DEFAULT_METRIC, *agent.diagnostics, results.DIVERGED_KEY)
 
 
 def start(
@@ -357,8 +400,7 @@ def start(
     init_keys, eval_key = run_keys(setup.cfg["seed"], setup.cfg["num_seeds"])
     if restored is None:
         state = run.init(init_keys)
-        metrics = (results.DEFAULT_METRIC, *setup.agent.diagnostics, results.DIVERGED_KEY)
-        carry = Carry(state, checkpoint.Progress.start(metrics), 0, None)
+        carry = Carry(state, checkpoint.Progress.start(metric_names(setup.agent)), 0, None)
     else:
         state = checkpoint.place(restored.leaves, setup.shapes, run.pairs)
         progress = restored.progress
@@ -437,7 +479,12 @@ def compile_chunk(setup: Setup, run: CompiledRun, state, quiet: bool):
     chunk = run.chunk.lower(state, jnp.int32(0), jnp.bool_(True), setup.hp).compile()
     temporaries = temporaries_bytes(chunk, len(run.pairs.mesh.devices.flat))
     try:
-        memory = check_memory(setup.shapes, metrics=setup.metrics, temporaries=temporaries)
+        memory = check_memory(
+            setup.shapes,
+            metrics=setup.metrics,
+            temporaries=temporaries,
+            evaluation=setup.evaluation,
+        )
     except config.ConfigError as error:
         raise RunError(f"config error: {error}") from None
     if not quiet:

@@ -77,7 +77,8 @@ def _weight(doc, family=MODEL, default=REQUIRED):
 
 SCHEMA: dict[str, Key] = {
     # networks and optimiser
-    "num_hidden_layers": _positive("hidden layers of every MLP"),
+    # Bounded: tracing grows with the depth (100 000 layers traced for minutes); the paper has 2.
+    "num_hidden_layers": _positive("hidden layers of every MLP", high=100),
     "num_hidden_units": _positive("units per hidden layer"),
     "activation": Key(str, REQUIRED, "hidden activation", choices=("relu", "silu", "elu")),
     "alpha_adam": _step_size("Adam step size of Q (one optimiser)", ONE_OPTIMISER),
