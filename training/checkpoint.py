@@ -269,8 +269,11 @@ FIELDS = (
     Field("eval_times", lambda v: isinstance(v, list), "a list", _eval_times),
     Field("history", lambda v: isinstance(v, list), "a list", _history),
     Field("state_tree", lambda v: isinstance(v, str), "a string"),
+    Field("trackers", lambda v: isinstance(v, dict), "an object"),
 )
-_DEFAULTS = {"provenance": {}}  # written since format 1 began: older files lack it
+# Written since format 1 began (provenance) or since the live curves (trackers): older files
+# lack them.
+_DEFAULTS = {"provenance": {}, "trackers": {}}
 
 
 def _checked_contents(path, meta, arrays, cfg, state_shapes, metrics):
@@ -307,7 +310,7 @@ def _checked_contents(path, meta, arrays, cfg, state_shapes, metrics):
         # Native dtypes, as a fresh run's arrays have: pickled `.out` files then match byte for
         # byte.
         history[name] = [x.astype(x.dtype.name) for x in values]
-    trackers = meta.get("trackers", {})
+    trackers = meta["trackers"]
     progress = Progress(chunks, meta["steps_since_save"], meta["eval_times"], history, trackers)
     return leaves, progress
 
