@@ -42,10 +42,6 @@ class Trackers(NamedTuple):
     per_seed: bool = False  # a grid: one run per (point, seed) and a mean run per point
     group: str | None = None  # what the runs are grouped under (default: the output prefix)
 
-    @property
-    def any(self) -> bool:
-        return bool(self.tensorboard or self.wandb_project)
-
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """The live curves' flags, of every train_*.py (`cli.py`) and of the Figure 4 driver."""
