@@ -340,7 +340,7 @@ def test_live_curves_equal_the_out_after_a_kill_and_resume(tmp_path, monkeypatch
     killed = start(raw, tmp_path, "cut", *flags)
     wait_for_evaluations(killed, tmp_path / "cut.out", 3)  # past the checkpoint at step 100
     killed.send_signal(signal.SIGKILL)
-    killed.communicate()
+    _, killed_stderr = killed.communicate()
     assert killed.returncode == -signal.SIGKILL
     finish(start(raw, tmp_path, "cut", *flags, "--resume"))
     # As a kill in the last chunk leaves it: every step logged, the checkpoint before the last.
@@ -350,7 +350,8 @@ def test_live_curves_equal_the_out_after_a_kill_and_resume(tmp_path, monkeypatch
 
     wandb_runs = wandb_histories(tmp_path)
     assert set(wandb_runs) == {"cut/seed_0", "cut/seed_1", "cut/mean"}
-    assert len(glob.glob(str(tmp_path / "wandb" / "offline-run-*"))) == 3 * 3  # 3 segments each
+    segments = glob.glob(str(tmp_path / "wandb" / "offline-run-*"))
+    assert len(segments) == 3 * 3, killed_stderr  # 3 segments of each run
     check_series_equal_out(tmp_path, "cut", wandb_runs)
     seed_1 = wandb_runs["cut/seed_1"]
     assert seed_1["group"] == "cut" and seed_1["config"]["seed_index"] == 1
