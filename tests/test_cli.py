@@ -1,4 +1,4 @@
-"""The command line of every `train_*.py` (`experiment.main`): flags, one-line errors with exit
+"""The command line of every `train_*.py` (`training/cli.py`): flags, one-line errors with exit
 status 2 before anything compiles, the files a run writes, and a killed run's `.out`."""
 
 import concurrent.futures
@@ -19,6 +19,7 @@ from helpers import (
     SCRIPTS,
     agent_type,
     assert_diagnostics,
+    definition,
     load_pickle,
     run_script,
     tiny_config,
@@ -27,7 +28,7 @@ from helpers import (
 import environments
 import train_ER_DQN
 from agent_registry import AGENTS
-from training import compilation, config, experiment
+from training import cli, compilation, config
 
 
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
@@ -148,7 +149,7 @@ def test_cli_writes_out_and_params(name, cli_runs):
     out = load_pickle(prefix + ".out")
     assert out["config"].agent_type == agent_type(name) and out["config"].seed == SEED
     # every key as given, and the defaults filled in
-    for key, value in config.validate_config(raw, agent_type(name)).items():
+    for key, value in config.validate_config(raw, definition(name)).items():
         assert getattr(out["config"], key) == value, key
     assert out["metrics"]["eval_times"] == [0, 50, 100, 150]
     assert len(out["metrics"]["reward_rates"]) == 4
@@ -236,7 +237,7 @@ def main_er(tmp_path, capsys, monkeypatch, text: str, *flags) -> tuple[int, list
     argv = [f"--config={path}", f"--output={tmp_path / 'bad'}", *flags]
     code = 0
     try:
-        experiment.main("ER", train_ER_DQN.build_agent, argv)
+        cli.main(train_ER_DQN.DEFINITION, argv)
     except SystemExit as exit:
         code = exit.code
     return code, capsys.readouterr().err.strip().splitlines()
