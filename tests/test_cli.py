@@ -283,20 +283,15 @@ def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path, c
     assert sorted(os.listdir(tmp_path)) == ["bad.json"]
 
 
-def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypatch):
-    raw = tiny_config("ER", num_steps=100, save_params=False)
-    code, lines = main_er(tmp_path, capsys, monkeypatch, json.dumps(raw))
-    assert code == 0
-    assert lines[0].startswith("memory: training state 0.00 GB (replay buffers 0.00 GB), metrics ")
-    assert ", the compiled loop's temporaries 0.00 GB for 2 seeds;" in lines[0]
-
-
-def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(
+def test_cli_logs_the_memory_it_needs_creates_the_output_folder_and_refuses_an_unwritable_one(
     tmp_path, capsys, monkeypatch
 ):
     raw = json.dumps(tiny_config("ER", num_steps=50, training_start_time=0, save_params=False))
-    code, _ = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
+    code, lines = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
     assert code == 0 and (tmp_path / "new" / "run.out").exists()
+    # the start-up log's first line: the memory the run needs
+    assert lines[0].startswith("memory: training state 0.00 GB (replay buffers 0.00 GB), metrics ")
+    assert ", the compiled loop's temporaries 0.00 GB for 2 seeds;" in lines[0]
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, lines = main_er(tmp_path, capsys, monkeypatch, raw, f"--output={blocker / 'run'}")
