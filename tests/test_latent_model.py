@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, definition, tiny_config
 
 import agents
 import environments
@@ -37,7 +37,7 @@ WEIGHTS = {
 
 def latent_cfg(**overrides) -> dict:
     raw = tiny_config("categorical_latent", num_features=3, feature_width=4, **WEIGHTS, **overrides)
-    return config.validate_config(raw, "latent_model")
+    return config.validate_config(raw, definition("categorical_latent"))
 
 
 def init_model(cfg, seed=0):
