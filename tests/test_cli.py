@@ -1,4 +1,4 @@
-"""The command line of every `train_*.py` (`experiment.main`): flags, one-line errors with exit
+"""The command line of every `train_*.py` (`cli.main`): flags, one-line errors with exit
 status 2 before anything compiles, the files a run writes, and a killed run's `.out`."""
 
 import concurrent.futures
