@@ -317,7 +317,7 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
 
 
 class ResultLater:
-    """A SLURM job's handle (what `executors.wait` reads) whose result is written later."""
+    """A SLURM job's handle (what `executors.watch_jobs` reads) whose result is written later."""
 
     def __init__(self, folder, job_id="7"):
         self.job_id = job_id
