@@ -8,6 +8,7 @@ persistent cache then supplies the compiled code.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -87,17 +88,21 @@ class SavedProgramJit:
                     return jax.export.deserialize(bytearray(f.read()))
             except Exception as error:  # unreadable: trace anew and replace it
                 print(f"{path}: not loaded ({error}); tracing anew", file=sys.stderr)
-        exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
+        # Traced through a wrapper that dies with this call, and used as a later launch uses it
+        # (deserialised): JAX caches a function's jaxpr and lowered module for as long as the
+        # function, or an `Exported` of it, lives, and `self.fn` lives as long as the run.
+        once = functools.wraps(self.fn)(lambda *a: self.fn(*a))
+        serialized = jax.export.export(jax.jit(once, **self.jit_kwargs))(*args).serialize()
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomic(path, lambda f: f.write(exported.serialize()))
+            write_atomic(path, lambda f: f.write(serialized))
         except OSError as error:  # a full or read-only cache: only the next start-up is slower
             print(
                 f"warning: cannot save the traced program {path} ({error.strerror}); "
                 "a later launch traces it again",
                 file=sys.stderr,
             )
-        return exported
+        return jax.export.deserialize(serialized)
 
     def __call__(self, *args):
         return self._jitted_for(args)(*args)
