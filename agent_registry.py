@@ -2,8 +2,11 @@
 
 A name is what the drivers and the plots call an agent (`python reproduce_figure4.py --agents
 ER simple_model`, `python benchmark.py --agents ...`). Both latent agents are one training
-script with two shipped configs. To add an agent: write its `train_<agent>.py` (an
-`AGENT_TYPE` and a `build_agent`), give it a shipped config, and add one row here.
+script with two shipped configs. To add an agent: write its `train_<agent>.py`, ending with its
+`DEFINITION` (`training.definition.AgentDefinition`: its type, `build_agent`, step-size key, key
+families and FLOP count), give it a shipped config, and add one row here (README, "Adding an
+agent"). Everything else (the CLI, the benchmark's rows, the Figure 4 driver's agents, the
+tests' agent lists) reads this table.
 """
 
 from __future__ import annotations
@@ -18,24 +21,29 @@ import train_latent_model_DQN
 import train_perfect_model_DQN
 import train_simple_model_DQN
 from training import experiment
+from training.definition import AgentDefinition
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 class AgentSpec(NamedTuple):
-    module: ModuleType  # the training script: its AGENT_TYPE and build_agent
+    module: ModuleType  # the training script, ending with its `DEFINITION`
     shipped_config: str  # relative to the repository root (SPEC §2: High Data ProcMaze)
-    step_size_key: str  # the Q network's step size: where the table's "Step-Size" goes
     label: str  # legend of Figure 4
 
     @property
-    def agent_type(self) -> str:
-        """The config's `agent_type` (which keys it reads, `training/schema.py`)."""
-        return self.module.AGENT_TYPE
+    def definition(self) -> AgentDefinition:
+        return self.module.DEFINITION
 
     @property
-    def build_agent(self) -> experiment.BuildAgent:
-        return self.module.build_agent
+    def agent_type(self) -> str:
+        """The config's `agent_type` (which keys it reads: its definition's families)."""
+        return self.definition.agent_type
+
+    @property
+    def step_size_key(self) -> str:
+        """The Q network's step size: where the Figure 4 table's "Step-Size" goes."""
+        return self.definition.step_size_key
 
     def shipped(self) -> dict:
         """The shipped config, as the file has it."""
@@ -45,27 +53,19 @@ class AgentSpec(NamedTuple):
     def run(self, cfg, output: str, **flags) -> experiment.Written:
         """`experiment.run` of this agent: `cfg` a dict or a JSON path; flags `seed`,
         `resume`, `quiet`."""
-        return experiment.run(self.agent_type, self.build_agent, cfg, output, **flags)
+        return experiment.run(self.definition, cfg, output, **flags)
 
 
 AGENTS = {
-    "ER": AgentSpec(train_ER_DQN, "configs/ER.json", "alpha_adam", "ER"),
+    "ER": AgentSpec(train_ER_DQN, "configs/ER.json", "ER"),
     "perfect_model": AgentSpec(
-        train_perfect_model_DQN, "configs/perfect_model.json", "alpha_adam", "perfect model"
+        train_perfect_model_DQN, "configs/perfect_model.json", "perfect model"
     ),
-    "simple_model": AgentSpec(
-        train_simple_model_DQN, "configs/simple_model.json", "Q_alpha", "simple model"
-    ),
+    "simple_model": AgentSpec(train_simple_model_DQN, "configs/simple_model.json", "simple model"),
     "categorical_latent": AgentSpec(
-        train_latent_model_DQN,
-        "configs/categorical_latent_model.json",
-        "Q_alpha",
-        "categorical latent model",
+        train_latent_model_DQN, "configs/categorical_latent_model.json", "categorical latent model"
     ),
     "gaussian_latent": AgentSpec(
-        train_latent_model_DQN,
-        "configs/gaussian_latent_model.json",
-        "Q_alpha",
-        "Gaussian latent model",
+        train_latent_model_DQN, "configs/gaussian_latent_model.json", "Gaussian latent model"
     ),
 }

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from replay_buffer import Transition
+from replay_buffer import BufferState, ReplayBuffer, Transition
 
 Params = Any  # a haiku parameter tree
 HParams = dict[str, jax.Array]  # traced hyperparameters, float32 scalars keyed by config name
@@ -149,6 +149,29 @@ def q_network(num_actions: int, mlp: MLPConfig) -> hk.Transformed:
     return transform(lambda x: QFunction(num_actions, mlp)(x))
 
 
+# FLOP counts from the layer sizes: each agent's `flops_per_step` (its definition) adds them up
+# for the benchmark's FLOP rate and the Figure 4 estimate (`training/measure.py`). A forward
+# pass is 2 * fan_in * fan_out per layer and sample, forward + backward 3x that.
+
+
+def mlp_flops(fan_in: int, fan_out: int, cfg: dict) -> int:
+    """Forward matmul FLOPs of one sample through an MLP of the config's torso."""
+    h, n = cfg["num_hidden_units"], cfg["num_hidden_layers"]
+    return 2 * (fan_in * h + (n - 1) * h * h + h * fan_out)
+
+
+def q_step_flops(samples: int, q_forward: int, cfg: dict) -> int:
+    """A Q-learning step on `samples` transitions: forward and backward on s, the target's
+    forward on s' (double DQN adds the online network's forward on s')."""
+    target_forwards = 2 if cfg.get("double_DQN") else 1
+    return samples * (3 * q_forward + target_forwards * q_forward)
+
+
+def per_step_flops(cfg: dict, act: int, update: int) -> int:
+    """One environment step of one seed: acting, and `updates_per_step` updates."""
+    return act + cfg.get("updates_per_step", 1) * update
+
+
 # --------------------------------------------------------------------------------------------
 # Optimiser (SPEC §5)
 # --------------------------------------------------------------------------------------------
@@ -200,6 +223,12 @@ class QBatch(NamedTuple):
     weight: jax.Array  # [N] w: 0 after a rollout's first terminal transition, else 1
 
 
+def flatten_rollouts(rollouts: QBatch) -> QBatch:
+    """`N` rollouts of `L` steps (leaves [N, L, ...]) as one batch of `N * L` transitions for
+    the Q step: the perfect, simple and latent models' rollouts alike."""
+    return jax.tree.map(lambda x: x.reshape((-1, *x.shape[2:])), rollouts)
+
+
 def q_learning_loss(q_tm1, a_tm1, r_t, c_t, q_t_target, q_t_online, w, gamma, double_dqn: bool):
     """Per-transition squared TD error `w * (Q(s)[a] - y)^2`, no factor 1/2.
 
@@ -233,7 +262,7 @@ def new_learner(q_params: Params, model_params: Params = None) -> Learner:
     )
 
 
-# What `q_learning_step` reports of each Q step (`loop.Agent.diagnostics`).
+# What `q_learning_step` reports of each Q step (`Agent.diagnostics`).
 Q_DIAGNOSTICS = ("q_loss", "mean_abs_q")
 
 
@@ -303,3 +332,50 @@ def select_action(q: jax.Array, key: jax.Array, strategy: str, hp: HParams) -> j
         explore = jax.random.uniform(explore_key) < hp["epsilon"]
         return jnp.where(explore, random_action, jnp.argmax(q))
     raise ValueError(f"exploration_strat: unknown {strategy!r}")  # the schema admits none
+
+
+# --------------------------------------------------------------------------------------------
+# What an agent is to the run machinery (`training/loop.py` steps it, one seed at a time)
+# --------------------------------------------------------------------------------------------
+
+
+class Agent(NamedTuple):
+    """An agent's own ideas as pure functions of one seed (the runner adds the seed axis)."""
+
+    # key -> (Learner, BufferState): initial parameters, optimiser states and an empty buffer
+    init: Callable[[jax.Array], tuple[Learner, BufferState]]
+    # (learner, obs [d], key) -> action values [A]; a latent model encodes obs with a sample
+    q_values: Callable[[Learner, jax.Array, jax.Array], jax.Array]
+    # (buffer, env state before the step, transition) -> buffer
+    store: Callable[[BufferState, Any, Transition], BufferState]
+    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
+    # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
+    update: Callable[[Learner, BufferState, jax.Array, HParams], Any]
+    # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps
+    saved_params: Callable[[Learner], dict]
+    # names of the diagnostics `update` reports besides the learner (`Q_DIAGNOSTICS`
+    # and the model's loss terms): each a float32 scalar, recorded in `.out` per evaluation
+    diagnostics: tuple[str, ...] = ()
+
+
+def store_transition(replay: ReplayBuffer):
+    """`Agent.store` of the agents that replay real transitions."""
+    return lambda buffer, env_state, transition: replay.add(buffer, transition)
+
+
+def acting_on_observations(q_net: hk.Transformed):
+    """`Agent.q_values` of the agents whose Q reads the observation itself (not a latent)."""
+    return lambda learner, obs, key: q_net.apply(learner.q_params, obs)
+
+
+def model_free_agent(q_net: hk.Transformed, init, store, update) -> Agent:
+    """An agent without a learned model (ER, the perfect model): Q acts on observations,
+    `.params` keeps Q, and the update reports the Q step's diagnostics."""
+    return Agent(
+        init=init,
+        q_values=acting_on_observations(q_net),
+        store=store,
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params},
+        diagnostics=Q_DIAGNOSTICS,
+    )

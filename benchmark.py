@@ -5,11 +5,13 @@
     python benchmark.py --seeds 30 --grid-seeds 30      # also a 3x3 grid x 30 seeds as one run
     python benchmark.py --grid --agents ER simple_model --seeds 8   # grid vs nine runs
     python benchmark.py --overheads --seeds 8           # diagnostics and checkpoint costs
+    python benchmark.py --agents ER --config changes.json   # another environment, say
 
 Each (agent, seeds) point runs in a fresh subprocess (so peak memory is that point's own) on its
-shipped config (`agent_registry.py`), set up as every run is (`experiment.prepare`) and timed by
-`training/measure.py`, with `eval_frequency` 250 and the shipped network, batch and buffer sizes. It
-reports:
+shipped config (`agent_registry.py`; `--config` names a JSON object of keys that replace the
+shipped ones: another environment, smaller networks), set up as every run is
+(`experiment.prepare`) and timed by `training/measure.py`, with `eval_frequency` 250 and the
+shipped network, batch and buffer sizes. It reports:
 - compile: seconds to trace, lower and compile the run's jitted functions with empty caches,
   and again in a second process that finds them in the caches (a second launch: saved programs
   instead of tracing and lowering, `saved_programs.SavedProgramJit`, and XLA's persistent
@@ -17,8 +19,8 @@ reports:
 - steps/s: environment steps per second summed over seeds, training on, after compilation
   (median over timed chunks, evaluation excluded);
 - GFLOP/s: matrix-multiply FLOPs per environment step, counted from the layer sizes by
-  `measure.flops_per_step` (forward = 2·fan_in·fan_out per layer and sample, forward + backward = 3×
-  forward, target and rollout forwards once), times steps/s;
+  each agent's `flops_per_step` (its definition; forward = 2·fan_in·fan_out per layer and sample,
+  forward + backward = 3× forward, target and rollout forwards once), times steps/s;
 - roofline: that rate over XLA's own dense float32 matmul throughput measured in the same
   process (`measure.matmul_gflops`);
 - peak memory: the process's peak RSS, and the device's peak bytes on a GPU.
@@ -32,6 +34,7 @@ It writes `<output>.json` and `<output>.md`.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -46,14 +49,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent_registry import AGENTS, ROOT
-from training import checkpoint, experiment, loop, measure
-from training.cli import OneLineErrorParser
+from training import checkpoint, experiment, measure, results
+from training.flags import OneLineErrorParser
 from training.schema import SCHEMA, checkpoint_every
 
 CHUNK_STEPS = 250  # environment steps per timed chunk
 SHIPPED_RUN_STEPS = 1_000_000  # a shipped config's run, for the checkpoints' share of it
 # The reference's figures on a 2-core AVX2 machine (issue 6): steps/s at 1 / 8 / 30 seeds,
-# peak RSS in GB at 8 / 30 seeds, compile seconds (upper end of the range).
+# peak RSS in GB at 8 / 30 seeds, compile seconds (upper end of the range). Data about the
+# paper's five agents: an agent of the registry without a row here is measured without them.
 REFERENCE = {
     "ER": {"steps": {1: 480, 8: 412, 30: 422}, "rss": {8: 1.5, 30: 3.9}, "compile": 15},
     "perfect_model": {"steps": {1: 270, 8: 185, 30: 256}, "rss": {8: 0.8, 30: 1.1}, "compile": 18},
@@ -68,9 +72,12 @@ REFERENCE = {
 # --------------------------------------------------------------------------------------------
 
 
-def shipped_config(name: str, num_seeds: int, num_steps: int, **changes) -> dict:
-    """An agent's shipped config at the benchmark's settings (chunks of `CHUNK_STEPS`)."""
-    raw = AGENTS[name].shipped()
+def shipped_config(
+    name: str, num_seeds: int, num_steps: int, config_changes: dict | None = None, **changes
+) -> dict:
+    """An agent's shipped config, with `config_changes` (`--config`), at the benchmark's settings
+    (chunks of `CHUNK_STEPS`)."""
+    raw = {**AGENTS[name].shipped(), **(config_changes or {})}
     raw.update(num_seeds=num_seeds, eval_frequency=CHUNK_STEPS, num_steps=num_steps)
     raw.update(training_start_time=0, **changes)
     return raw
@@ -88,7 +95,7 @@ def grid_changes(name: str) -> dict:
 def prepare(name: str, raw: dict) -> experiment.Setup:
     """The run of `raw`, set up as every run is (`experiment.prepare`)."""
     spec = AGENTS[name]
-    return experiment.prepare(spec.agent_type, spec.build_agent, raw)
+    return experiment.prepare(spec.definition, raw)
 
 
 def measure_agent(
@@ -98,6 +105,7 @@ def measure_agent(
     cache_dir: str,
     grid: bool = False,
     precision: str = "default",
+    config_changes: dict | None = None,
 ) -> dict:
     """One agent's compile time, steady rate, FLOP rate and memory at `num_seeds` (a 3 x 3
     grid of them with `grid`) and `matmul_precision` `precision`, with saved programs and
@@ -105,13 +113,14 @@ def measure_agent(
     os.environ["JAX_COMPILATION_CACHE_DIR"] = cache_dir  # as a launch with that cache
     program_dir = experiment.enable_compilation_cache()
     changes = {**(grid_changes(name) if grid else {}), "matmul_precision": precision}
-    raw = shipped_config(name, num_seeds, CHUNK_STEPS * (timed_chunks + 1), **changes)
+    steps = CHUNK_STEPS * (timed_chunks + 1)
+    raw = shipped_config(name, num_seeds, steps, config_changes, **changes)
     setup = prepare(name, raw)
     timing, _ = measure.time_run(setup, program_dir, on_chunks=timed_chunks + 1)
     steps_per_second = CHUNK_STEPS * timing.pairs / float(np.median(timing.on_s[1:]))
     env, cfg = setup.env, setup.cfg
-    sizes = loop.observation_size(env), env.num_actions()
-    flops = measure.flops_per_step(cfg["agent_type"], cfg, *sizes)
+    sizes = env.observation_size, env.num_actions()
+    flops = AGENTS[name].definition.flops_per_step(cfg, *sizes)
     gflops = flops * steps_per_second / 1e9
     peak = measure.matmul_gflops()
     device = jax.devices()[0]
@@ -119,6 +128,7 @@ def measure_agent(
     return {
         "agent": name,
         "seeds": num_seeds,
+        **({"config_changes": config_changes} if config_changes else {}),
         "grid_points": len(setup.points),
         "matmul_precision": precision,
         "compile_s": round(timing.compile_s, 2),
@@ -135,7 +145,12 @@ def measure_agent(
 
 
 def measure_overheads(
-    name: str, num_seeds: int, timed_chunks: int, cache_dir: str, precision: str = "default"
+    name: str,
+    num_seeds: int,
+    timed_chunks: int,
+    cache_dir: str,
+    precision: str = "default",
+    config_changes: dict | None = None,
 ) -> dict:
     """What the run's bookkeeping costs beside the training itself:
     - diagnostics: chunk time of the agent as it is against the same agent with its
@@ -146,7 +161,8 @@ def measure_overheads(
       at the measured chunk rate. With `timed_chunks` 0, only the checkpoint, of the initial
       state (same size: nothing is compressed). `precision`: the runs' `matmul_precision`."""
     steps = CHUNK_STEPS * (timed_chunks + 1)
-    setup = prepare(name, shipped_config(name, num_seeds, steps, matmul_precision=precision))
+    raw = shipped_config(name, num_seeds, steps, config_changes, matmul_precision=precision)
+    setup = prepare(name, raw)
     keys, _ = experiment.run_keys(0, num_seeds)
     device = jax.devices()[0]
     result = {
@@ -179,7 +195,7 @@ def measure_overheads(
         result["chunk_s_without"] = round(without_s, 4)
         result["diagnostics_overhead_pct"] = round(100 * (with_s / without_s - 1), 2)
 
-    progress = checkpoint.Progress(1, 0, [0], {"reward_rates": [np.zeros((1, num_seeds))]})
+    progress = checkpoint.Progress(1, 0, [0], {results.DEFAULT_METRIC: [np.zeros((1, num_seeds))]})
     path = os.path.join(cache_dir, "benchmark.ckpt")
     writes = []
     for _ in range(3):
@@ -230,22 +246,31 @@ def in_fresh_process(worker: str, *args):
 
 
 def run_point(
-    name: str, seeds: int, chunks: int, cache_dir: str, grid=False, precision="default"
+    name: str,
+    seeds: int,
+    chunks: int,
+    cache_dir: str,
+    grid=False,
+    precision="default",
+    config_changes=None,
 ) -> dict:
-    return in_fresh_process("measure", name, seeds, chunks, cache_dir, grid, precision)
+    worker_args = (name, seeds, chunks, cache_dir, grid, precision, config_changes)
+    return in_fresh_process("measure", *worker_args)
 
 
-def compare_grid(name: str, seeds: int, chunks: int, steps: int, precision="default") -> dict:
+def compare_grid(
+    name: str, seeds: int, chunks: int, steps: int, precision="default", config_changes=None
+) -> dict:
     """The 3 x 3 grid as one run against its nine points as nine separate runs (each its own
     process, with empty caches: nine compilations), all of `steps` steps per seed; and the
     steady-state rate of the grid against one run of `seeds` seeds."""
     with tempfile.TemporaryDirectory() as cache_dir:
-        grid_rate = run_point(name, seeds, chunks, cache_dir, True, precision)
+        grid_rate = run_point(name, seeds, chunks, cache_dir, True, precision, config_changes)
     with tempfile.TemporaryDirectory() as cache_dir:
-        single_rate = run_point(name, seeds, chunks, cache_dir, False, precision)
+        single_rate = run_point(name, seeds, chunks, cache_dir, False, precision, config_changes)
     changes = grid_changes(name)
     raw = shipped_config(
-        name, seeds, steps, save_params=False, matmul_precision=precision, **changes
+        name, seeds, steps, config_changes, save_params=False, matmul_precision=precision, **changes
     )
     with tempfile.TemporaryDirectory() as cache_dir:
         grid_run = in_fresh_process("train_cli", name, raw, cache_dir)
@@ -296,8 +321,9 @@ def number(r: dict, key: str, digits: int) -> str:
 
 
 def reference(r: dict) -> dict:
-    """The reference's figures for a result's agent (none for a grid)."""
-    return REFERENCE.get(r["agent"], {}) if r.get("grid_points", 1) == 1 else {}
+    """The reference's figures for a result's agent (none for a grid or a changed config)."""
+    shipped = r.get("grid_points", 1) == 1 and not r.get("config_changes")
+    return REFERENCE.get(r["agent"], {}) if shipped else {}
 
 
 def reference_steps(r: dict):
@@ -372,18 +398,40 @@ def overheads_markdown(results: list[dict], header: str) -> str:
 
 def measure_point(args, name: str, seeds: int, grid: bool) -> dict:
     """One row of the table that the flags ask for, measured in fresh processes."""
-    precision = args.matmul_precision
+    precision, changes = args.matmul_precision, args.config
     if args.grid:
-        return compare_grid(name, seeds, args.chunks, args.grid_steps, precision)
+        return compare_grid(name, seeds, args.chunks, args.grid_steps, precision, changes)
     with tempfile.TemporaryDirectory() as cache_dir:
         if args.overheads:
-            return in_fresh_process("overheads", name, seeds, args.chunks, cache_dir, precision)
-        result = run_point(name, seeds, args.chunks, cache_dir, grid, precision)
+            worker_args = (name, seeds, args.chunks, cache_dir, precision, changes)
+            return in_fresh_process("overheads", *worker_args)
+        result = run_point(name, seeds, args.chunks, cache_dir, grid, precision, changes)
         if not (args.no_second_launch or grid):
-            again = run_point(name, seeds, 1, cache_dir, False, precision)
+            again = run_point(name, seeds, 1, cache_dir, False, precision, changes)
             result["second_launch_compile_s"] = again["compile_s"]
             result["second_launch_xla_compile_s"] = again["xla_compile_s"]
     return result
+
+
+def config_changes_file(path: str) -> dict:
+    """An argparse type: the JSON object in file `path`."""
+    try:
+        with open(path) as f:
+            changes = json.load(f)
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"cannot read {path} as JSON: {error}") from None
+    if not isinstance(changes, dict):
+        raise argparse.ArgumentTypeError(f"{path} must hold a JSON object of config keys")
+    return changes
+
+
+def check_config_changes(parser, args) -> None:
+    """Every agent's config with `--config` is valid (one line, exit 2, before any run)."""
+    for name in args.agents if args.config else ():
+        try:
+            prepare(name, shipped_config(name, 1, CHUNK_STEPS, args.config))
+        except experiment.RunError as error:
+            parser.error(f"--config {name}: {error}")
 
 
 def main(argv=None) -> None:
@@ -423,7 +471,13 @@ def main(argv=None) -> None:
         action="store_true",
         help="cost of the diagnostics bookkeeping and of checkpoints",
     )
+    parser.add_argument(
+        "--config",
+        type=config_changes_file,
+        help="JSON file of config keys that replace the shipped config's (e.g. environment)",
+    )
     args = parser.parse_args(argv)
+    check_config_changes(parser, args)
 
     results = []
     for name in args.agents:

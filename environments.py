@@ -1,17 +1,9 @@
 """Grid environments of the paper: ProcMaze, ButtonGrid, PanFlute and OpenGrid.
 
-Every environment is a small class built from ``env_config`` keyword arguments. Sizes are
-Python ints fixed at construction (static under ``jax.jit``); all methods are pure functions of
-their arguments, so they can be jitted and vmapped:
-
-- ``reset(key) -> (state, obs)``
-- ``step(key, state, action) -> (state, obs, reward, terminal, info)`` with ``reward`` a float32
-  scalar, ``terminal`` a bool scalar and ``info`` an empty dict
-- ``get_observation(state) -> obs``: a flat ``bool`` vector
-- ``num_actions() -> int``
-
-Each class also has ``observation_size`` (int) and ``spontaneous_probability`` (float: the
-per-step probability of its spontaneous event, 0.0 when switched off).
+Every environment is a subclass of `Environment` (its docstring is the interface), built from
+``env_config`` keyword arguments, and listed once in `ENVIRONMENT_CLASSES`: the environment
+names (`ENVIRONMENTS`), the state types a saved program names (`STATE_TYPES`) and whether a
+config's `episodic_env` is right all come from that list.
 
 Grid moves: action 0 no-op, 1 up (row - 1), 2 left (col - 1), 3 down (row + 1), 4 right
 (col + 1), clipped to the grid. Positions are ``[row, col]`` int32 pairs. Grid observations are
@@ -75,12 +67,62 @@ def tree_select(condition: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(condition, a, b), on_true, on_false)
 
 
-class _GoalGrid:
+class Environment:
+    """What every environment declares, and what the runner, the saved programs and the Figure 4
+    driver read from it (in the spirit of gymnax's `Environment`; `gymnax_environments` turns
+    one into a gymnax environment).
+
+    Class attributes:
+    - ``state_type``: the ``NamedTuple`` of its state (a pytree that a saved program names);
+    - ``episodic``: whether an episode ends (a config's ``episodic_env`` must say the same).
+
+    Built from keyword arguments with defaults (the config's ``env_config``: accepted keys and
+    their types are the constructor's keywords and the types of their defaults; `config_errors`
+    checks the values). Sizes are Python ints fixed at construction (static under ``jax.jit``);
+    the constructor sets ``observation_size`` (int) and may set ``spontaneous_probability``
+    (float: the per-step probability of its spontaneous event, 0.0 when off or absent). Every
+    method is a
+    pure function of its arguments, so it can be jitted and vmapped:
+
+    - ``reset(key) -> (state, obs)``
+    - ``step(key, state, action) -> (state, obs, reward, terminal, info)`` with ``reward`` a
+      float32 scalar, ``terminal`` a bool scalar and ``info`` an empty dict
+    - ``get_observation(state) -> obs``: a flat ``bool`` vector of ``observation_size`` bits
+    - ``num_actions() -> int``
+    """
+
+    state_type: type
+    episodic: bool
+    observation_size: int
+    spontaneous_probability = 0.0
+
+    @staticmethod
+    def config_errors(config: dict) -> list[str]:
+        """One line per out-of-range value of ``config`` (every constructor keyword, defaults
+        filled in; types and unknown keys are checked from the constructor's signature)."""
+        del config
+        return []
+
+    def num_actions(self) -> int:
+        raise NotImplementedError
+
+    def reset(self, key: jax.Array) -> tuple[Any, jax.Array]:
+        raise NotImplementedError
+
+    def step(self, key: jax.Array, state: Any, action: jax.Array) -> tuple:
+        raise NotImplementedError
+
+    def get_observation(self, state: Any) -> jax.Array:
+        raise NotImplementedError
+
+
+class _GoalGrid(Environment):
     """What ProcMaze and OpenGrid share: the constructor, grid moves and the goal dynamics
     (`_goal_reaching_step`). A subclass says how many observation channels it has, how likely
     its spontaneous event is, and where a move ends (`_moved`: walls, or none)."""
 
     num_channels: int
+    episodic = True
 
     def __init__(
         self,
@@ -98,7 +140,7 @@ class _GoalGrid:
         )
 
     @staticmethod
-    def _value_errors(config: dict) -> list[str]:
+    def config_errors(config: dict) -> list[str]:
         return _grid_size_errors(config)
 
     def num_actions(self) -> int:
@@ -220,6 +262,7 @@ class ProcMaze(_GoalGrid):
     """
 
     num_channels = 4
+    state_type = ProcMazeState
 
     def _spontaneous_rate(self) -> float:
         # 0.1 divided by the number of open cells of a maze with the most open cells.
@@ -278,6 +321,7 @@ class OpenGrid(_GoalGrid):
     """
 
     num_channels = 1
+    state_type = OpenGridState
 
     def _spontaneous_rate(self) -> float:
         return 0.1 / self.grid_size
@@ -308,12 +352,15 @@ class ButtonGridState(NamedTuple):
     button_on: jax.Array  # bool[N]
 
 
-class ButtonGrid:
+class ButtonGrid(Environment):
     """Walk onto buttons to toggle them; reward 1 when all are on, then a fresh layout.
 
     Continuing (``terminal`` is always false). Observation channels: 0 player, 1 button on,
     2 button off; ``3 G^2`` bits.
     """
+
+    state_type = ButtonGridState
+    episodic = False
 
     def __init__(
         self,
@@ -333,7 +380,7 @@ class ButtonGrid:
         self.spontaneous_probability = 1.0 / (10 * G * G) if self.spontaneous_reset else 0.0
 
     @staticmethod
-    def _value_errors(config: dict) -> list[str]:
+    def config_errors(config: dict) -> list[str]:
         errors = _grid_size_errors(config)
         G, N = config["grid_size"], config["num_buttons"]
         if not errors and not 1 <= N <= G * G:
@@ -400,12 +447,15 @@ class PanFluteState(NamedTuple):
     pipes: jax.Array
 
 
-class PanFlute:
+class PanFlute(Environment):
     """Blow into pipes so that every pipe's last cell is on at once; reward 1 when they are.
 
     Continuing. ``num_pipes`` actions: action ``i`` blows into pipe ``i``. Observation: the
     state's ``pipes`` vector, ``P(P+1)/2`` bits.
     """
+
+    state_type = PanFluteState
+    episodic = False
 
     def __init__(self, num_pipes: int = 5, spontaneous_reward: bool = True):
         _check_config(type(self), locals())
@@ -422,7 +472,7 @@ class PanFlute:
         self._is_last[ends - 1] = True
 
     @staticmethod
-    def _value_errors(config: dict) -> list[str]:
+    def config_errors(config: dict) -> list[str]:
         P = config["num_pipes"]
         return [] if P >= 1 else [f"'num_pipes' must be >= 1, got {P}"]
 
@@ -453,18 +503,8 @@ class PanFlute:
 
 
 # --------------------------------------------------------------------------------------------
-# Registry and validated construction
+# Validated construction, and the one list of environments
 # --------------------------------------------------------------------------------------------
-
-# Every environment's state type (the pytrees a saved program names, `experiment`).
-STATE_TYPES = (ProcMazeState, OpenGridState, ButtonGridState, PanFluteState)
-
-ENVIRONMENTS = {
-    "ProcMaze": ProcMaze,
-    "ButtonGrid": ButtonGrid,
-    "PanFlute": PanFlute,
-    "OpenGrid": OpenGrid,
-}
 
 
 def _grid_size_errors(config: dict) -> list[str]:
@@ -504,13 +544,18 @@ def _check_config(cls: type, config: dict) -> None:
             )
     for key, value in config.items():
         expected = type(defaults[key])
-        ok = isinstance(value, bool | np.bool_) if expected is bool else _is_int(value)
+        if expected is bool:
+            ok = isinstance(value, bool | np.bool_)
+        elif expected is float:
+            ok = _is_int(value) or isinstance(value, float | np.floating)
+        else:
+            ok = _is_int(value)
         if not ok:
             raise ValueError(
                 f"env_config: {key!r} for {name} must be {expected.__name__}, "
                 f"got {type(value).__name__} {value!r}"
             )
-    errors = cls._value_errors({**defaults, **config})
+    errors = cls.config_errors({**defaults, **config})
     if errors:
         raise ValueError(f"env_config: {errors[0]} for {name}")
 
@@ -532,3 +577,11 @@ def make_environment(name: str, env_config: dict | None = None):
     cls = ENVIRONMENTS[name]
     _check_config(cls, env_config)
     return cls(**env_config)
+
+
+# The one list of environments: a config's `environment` is a class name from it.
+ENVIRONMENT_CLASSES = (ProcMaze, ButtonGrid, PanFlute, OpenGrid)
+
+ENVIRONMENTS = {cls.__name__: cls for cls in ENVIRONMENT_CLASSES}
+# Every environment's state type: the pytrees a saved program names (`saved_programs`).
+STATE_TYPES = tuple(cls.state_type for cls in ENVIRONMENT_CLASSES)

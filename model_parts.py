@@ -1,6 +1,7 @@
 """What the observation-space model and the latent model share: the reward and continuation
-heads, the negative log-likelihoods their losses are made of, and the names their loss terms
-have in `.out` (SPEC sections 4 and 8).
+heads, the negative log-likelihoods their losses are made of, the weighted loss and the model's
+gradient step (`model_step`), the names their loss terms have in `.out`, and the agent they
+make (`learned_model_agent`) (SPEC sections 4 and 8).
 
 The heads read an input (an observation or a latent) with the action one-hot after it.
 """
@@ -11,7 +12,9 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+import agents
 from agents import MLPConfig, mlp_torso, transform, with_action
+from replay_buffer import ReplayBuffer
 
 
 class _ActionConditionedHead(hk.Module):
@@ -90,6 +93,24 @@ def observation_nll(obs_dist: dict[str, jax.Array], obs: jax.Array) -> jax.Array
     return jnp.sum(gaussian_nll(obs, obs_dist["mu"], obs_dist["sigma"]), axis=-1)
 
 
+def weighted_loss(terms: dict[str, jax.Array], hp: agents.HParams, weights: dict[str, str]):
+    """A model's loss: its terms, each times the traced hyperparameter its loss-weight table
+    (`weights`: term -> config key) names, summed in the order of `terms` (float sums depend on
+    the order: each model keeps the reference's)."""
+    return sum(hp[weights[name]] * value for name, value in terms.items())
+
+
+def model_step(loss_fn, learner: agents.Learner, hp: agents.HParams):
+    """One AdamW step (`model_alpha`) of all the model's networks together on
+    `loss_fn(params) -> (weighted loss, {term: batch mean})`. Returns (learner, diagnostics):
+    the weighted loss before the step and each term's batch mean (`model_diagnostics`)."""
+    params, opt_state, loss, terms = agents.gradient_step(
+        loss_fn, learner.model_params, learner.model_opt, hp, "model_alpha"
+    )
+    learner = learner._replace(model_params=params, model_opt=opt_state)
+    return learner, model_diagnostics(loss, terms)
+
+
 def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """A model step's weighted loss and its unweighted terms, named for `.out`:
     `model_loss`, `model_<term>` (`model_diagnostic_names`)."""
@@ -98,3 +119,17 @@ def model_diagnostics(loss: jax.Array, terms: dict[str, jax.Array]) -> dict[str,
 
 def model_diagnostic_names(term_names) -> tuple[str, ...]:
     return ("model_loss", *(f"model_{name}" for name in term_names))
+
+
+def learned_model_agent(q_values, init, replay: ReplayBuffer, update, model_terms) -> agents.Agent:
+    """An agent with a learned model (simple, latent): it stores real transitions, `.params`
+    keeps Q and the model, and the update reports the model's loss and each of its
+    `model_terms` too."""
+    return agents.Agent(
+        init=init,
+        q_values=q_values,
+        store=agents.store_transition(replay),
+        update=update,
+        saved_params=lambda learner: {"Q": learner.q_params, "model": learner.model_params},
+        diagnostics=agents.Q_DIAGNOSTICS + model_diagnostic_names(model_terms),
+    )

@@ -30,6 +30,7 @@ estimate `figure4/estimate.py` and the figure `figure4/figure.py`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -39,9 +40,9 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, provenance
-from training.cli import MAX_SEED, OneLineErrorParser, number
+from training import checkpoint, config, paths, provenance
 from training.files import WriteError, make_writable_dir, write_atomic
+from training.flags import MAX_SEED, OneLineErrorParser, number
 from training.results import ResultsError
 
 PROG = "reproduce_figure4.py"
@@ -55,7 +56,7 @@ def check_configs(jobs: list[Job]) -> None:
     """Validate every config before any job starts: a bad one is one line, not 30 failed jobs."""
     for job in jobs:
         try:
-            config.validate_config(job.raw, AGENTS[job.cell.agent].agent_type)
+            config.validate_config(job.raw, AGENTS[job.cell.agent].definition)
         except config.ConfigError as error:
             raise UserError(f"{job.stage} {job.cell.name}: config error: {error}") from None
 
@@ -91,26 +92,26 @@ def pending_jobs(jobs: list[Job], args) -> list[Job]:
         )
     if args.other_versions == "redo":
         for job in others:  # from step 0: their checkpoints are that version's too
-            checkpoint.remove(job.prefix + ".ckpt")
+            checkpoint.remove(paths.checkpoint(job.prefix))
     pending = [job for job in jobs if states[job.prefix] not in done(args.other_versions)]
     if len(pending) < len(jobs):
         print(f"{jobs[0].stage}: {len(jobs) - len(pending)} of {len(jobs)} jobs already finished")
     return pending
 
 
-def run_stage(jobs: list[Job], args) -> None:
-    """Run a stage's unfinished jobs; exit status 1 when any of them failed."""
+def run_stage(jobs: list[Job], args) -> list[str]:
+    """Run a stage's unfinished jobs; returns one line per job that failed (the later stages
+    go on with what the others wrote)."""
     pending = pending_jobs(jobs, args)
     if not pending:
-        return
+        return []
     check_configs(pending)
     for job in pending:  # the config each job runs, for the record
         write_if_changed(job.config_path, plan.config_text(job.raw))
     failures = executors.run_jobs(pending, args.options, args.plan.out_dir)
     for line in failures:
         print(line, file=sys.stderr)
-    if failures:
-        sys.exit(1)
+    return failures
 
 
 def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
@@ -138,9 +139,20 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     write_if_changed(plan.selected_path(the_plan.out_dir, cell), plan.config_text(raw))
     fmt = sweep_summary.number_format([best])
     table_step, table_temp = plan.TABLE[cell.agent][cell.env][cell.regime]
+    # Each point left out by name: a cut-short or foreign file must not vanish from a ranking.
+    unfinished = [
+        os.path.basename(out.path)
+        for out, st in zip(job.outputs, states, strict=True)
+        if st == plan.UNFINISHED
+    ]
     notes = (
-        [] if len(finished) == len(job.outputs) else [f"{len(finished)}/{len(job.outputs)} points"]
+        [f"{len(finished)}/{len(job.outputs)} points"] if len(finished) < len(job.outputs) else []
     )
+    if unfinished:
+        notes.append(
+            f"left out, not finished (missing, cut short, damaged or of another config): "
+            f"{', '.join(unfinished)}"
+        )
     if others:
         notes.append(f"{others} points of another version left out (--other-versions keep)")
     if min(len(v) for v in job.axes.values()) > 2:  # else every point is on an edge
@@ -155,13 +167,40 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     )
 
 
+def plotted_cells(args, folder: str) -> tuple[list[str], list[str], list[str]]:
+    """The figure's agents, environments and regimes: the chosen ones and those of every cell
+    with an output under `--out-dir` (the flags choose what runs, not what the figure
+    forgets), in the figure's order."""
+    present = plan.cells_with_outputs(folder)
+    chosen = zip(
+        (AGENTS, ENVIRONMENTS, REGIMES), (args.agents, args.envs, args.regimes), strict=True
+    )
+    return tuple(
+        [name for name in names if name in wanted or any(cell[i] == name for cell in present)]
+        for i, (names, wanted) in enumerate(chosen)
+    )
+
+
 def run_plot(args) -> None:
     the_plan = args.plan
     path = os.path.join(the_plan.out_dir, "figure4.png")
     folder = plan.final_dir(the_plan.out_dir, the_plan.hyperparameters)
-    lines = figure.save_figure(path, folder, args.agents, args.envs, args.regimes, args.window)
+    agents, envs, regimes = plotted_cells(args, folder)
+    extra = [
+        f"{flag} {' '.join(sorted(set(shown) - set(wanted)))}"
+        for flag, shown, wanted in (
+            ("agents", agents, args.agents),
+            ("envs", envs, args.envs),
+            ("regimes", regimes, args.regimes),
+        )
+        if set(shown) - set(wanted)
+    ]
+    if extra:
+        print(f"plot: every finished cell under {folder} is drawn, also {'; '.join(extra)}")
+    lines = figure.save_figure(path, folder, agents, envs, regimes, args.window)
     print(f"plot: {lines} curves from {folder} -> {path}")
-    print("\n".join(figure.ranking_lines(folder, args.agents, args.envs, args.regimes)))
+    print("\n".join(figure.ranking_lines(folder, agents, envs, regimes)))
+    print("\n".join(figure.write_comparison(path, folder, agents, envs, regimes)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,11 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help="of tune select final plot, run in that order (default: final plot)",
     )
-    for flag, names in (("agents", AGENTS), ("envs", ENVIRONMENTS), ("regimes", REGIMES)):
+    # --agents takes any registered agent, so that one outside the paper's table is refused
+    # with a line saying so (`resolve`); the default is the table's.
+    choices = {"agents": list(AGENTS), "envs": list(ENVIRONMENTS), "regimes": list(REGIMES)}
+    for flag, names in (("agents", plan.TABLE), ("envs", ENVIRONMENTS), ("regimes", REGIMES)):
         p.add_argument(
             f"--{flag}",
             nargs="+",
-            choices=list(names),
+            choices=choices[flag],
             metavar=flag[:-1].upper(),
             help=f"cells' {flag} (default all: {' '.join(names)}; --laptop: its own)",
         )
@@ -209,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hyperparameters",
         choices=("table", "selected"),
         default="table",
-        help="final: the reference table's values or the select stage's",
+        help="final: the reference table's values or the select stage's (default table)",
     )
     p.add_argument(
         "--tune-seeds",
@@ -233,14 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=number(int, 0, maximum=MAX_SEED),
         default=0,
-        help="master PRNG seed of every run",
+        help="master PRNG seed of every run (default 0)",
     )
     p.add_argument(
         "--window",
         type=number(int, 1),
         help="plot: moving average over evaluations (default 1/50 of the run)",
     )
-    p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the state of the jobs a driver runs or ran under --out-dir (its status "
+        "file); run nothing",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("inline", "local", "slurm"),
+        default="inline",
+        help="where jobs run: in this process, as local processes, or on SLURM (default inline)",
+    )
     p.add_argument(
         "--parallel", type=number(int, 1), default=2, help="local: jobs running at once (default 2)"
     )
@@ -250,11 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"minutes per job (default: slurm {executors.SLURM_DEFAULT_MIN}, local no limit)",
     )
     p.add_argument(
-        "--gpus-per-job", type=number(int, 0), help="GPUs per job (default: slurm 1, local 0)"
+        "--gpus-per-job",
+        type=number(int, 0),
+        help="GPUs per job (default: slurm 1 where the partition has GPUs, else 0; local 0)",
     )
-    p.add_argument("--cpus-per-job", type=number(int, 1), default=8, help="slurm: CPUs per job")
-    p.add_argument("--mem-gb", type=number(float, 1), help="slurm: memory per job in GB")
-    p.add_argument("--slurm-partition", help="slurm: the partition")
+    p.add_argument(
+        "--cpus-per-job", type=number(int, 1), default=8, help="slurm: CPUs per job (default 8)"
+    )
+    p.add_argument(
+        "--mem-gb",
+        type=number(float, 1),
+        help="slurm: memory per job in GB (default: the partition's default)",
+    )
+    p.add_argument(
+        "--slurm-partition", help="slurm: the partition (default: the cluster's default one)"
+    )
     p.add_argument(
         "--slurm-array-parallelism",
         type=number(int, 1),
@@ -266,7 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=number(int, 1),
         default=300,
         help="slurm: seconds before a job's time limit that SLURM warns it, so that it "
-        "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes)",
+        "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes, "
+        "less than --time)",
+    )
+    p.add_argument(
+        "--retries",
+        type=number(int, 0),
+        default=executors.DEFAULT_RETRIES,
+        help="local, slurm: times a cell's job is submitted again after ending with no new "
+        f"checkpoint (default {executors.DEFAULT_RETRIES}); one that made progress is resumed "
+        "regardless",
     )
     p.add_argument(
         "--poll",
@@ -305,6 +377,12 @@ def resolve(args) -> argparse.Namespace:
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
     if args.executor == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch not found: this is not a SLURM login node")
+    outside_table = [a for a in args.agents or () if a not in plan.TABLE]
+    if outside_table:
+        raise UserError(
+            f"--agents: {', '.join(outside_table)} has no row in the paper's Figure 4 table "
+            f"(figure4/plan.TABLE: {' '.join(plan.TABLE)}); train it with its own script"
+        )
     preset = PRESETS["quick"] if args.quick else PRESETS["laptop"] if args.laptop else plan.FULL
     step_sizes = tuple(args.step_sizes or preset.step_sizes)
     temperatures = tuple(args.temperatures or preset.temperatures)
@@ -312,7 +390,7 @@ def resolve(args) -> argparse.Namespace:
         if len(set(values)) < len(values):
             raise UserError(f"--{flag}: a value is given twice")
     out_dir = os.path.abspath(args.out_dir or preset.out_dir)
-    if not args.estimate:
+    if not args.estimate and not args.status:
         check_out_dir(out_dir)
     the_plan = Plan(
         out_dir=out_dir,
@@ -336,10 +414,13 @@ def resolve(args) -> argparse.Namespace:
         args.signal_delay,
         args.poll or (30.0 if args.executor == "slurm" else 1.0),
         args.accept_version_change,
+        args.retries,
     )
+    if args.executor == "slurm" and {"tune", "final"} & set(args.stage) and not args.status:
+        options = executors.fit_to_cluster(options)  # before anything is submitted
     stages = [stage for stage in STAGES if stage in args.stage]
     cells = {
-        "agents": args.agents or list(AGENTS),
+        "agents": args.agents or list(plan.TABLE),
         "envs": args.envs or list(preset.envs),
         "regimes": args.regimes or list(preset.regimes),
     }
@@ -359,7 +440,7 @@ def check_out_dir(out_dir: str) -> None:
 def chosen_cells(args) -> list[Cell]:
     return [
         Cell(a, e, r)
-        for a in AGENTS
+        for a in plan.TABLE
         if a in args.agents
         for e in ENVIRONMENTS
         if e in args.envs
@@ -378,32 +459,46 @@ def check_selected(cells: list[Cell], the_plan: Plan) -> None:
             )
 
 
-def run(args) -> None:
+def run(args) -> int:
+    """Run the chosen stages; returns the exit status: 1 when a job failed (every stage still
+    ran, with what the other jobs wrote)."""
     cells, the_plan = chosen_cells(args), args.plan
     if args.estimate:
         estimate.run_estimate(cells, the_plan)
-        return
-    for stage in args.stages:
-        if stage == "tune":
-            run_stage([plan.tune_job(cell, the_plan) for cell in cells], args)
-        elif stage == "select":
-            for cell in cells:
-                print("select " + select_cell(cell, the_plan, args.other_versions), flush=True)
-        elif stage == "final":
-            if the_plan.hyperparameters == "selected":
-                check_selected(cells, the_plan)
-            run_stage([plan.final_job(cell, the_plan) for cell in cells], args)
-        else:
-            run_plot(args)
+        return 0
+    if args.status:
+        print("\n".join(executors.status_lines(the_plan.out_dir)))
+        return 0
+    failures = []
+    # One driver at a time submits jobs and writes selections; a plot only reads, so it may
+    # be drawn while a driver works.
+    writes = any(stage != "plot" for stage in args.stages)
+    lock = executors.driver_lock(the_plan.out_dir) if writes else contextlib.nullcontext()
+    with lock:
+        for stage in args.stages:
+            if stage == "tune":
+                failures += run_stage([plan.tune_job(cell, the_plan) for cell in cells], args)
+            elif stage == "select":
+                for cell in cells:
+                    print("select " + select_cell(cell, the_plan, args.other_versions), flush=True)
+            elif stage == "final":
+                if the_plan.hyperparameters == "selected":
+                    check_selected(cells, the_plan)
+                failures += run_stage([plan.final_job(cell, the_plan) for cell in cells], args)
+            else:
+                run_plot(args)
+    if failures:
+        print(f"{PROG}: {len(failures)} jobs failed (above); the rest is done", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        run(resolve(parser.parse_args(argv)))
-    except UserError as error:
+        return run(resolve(parser.parse_args(argv)))
+    except (UserError, executors.RequestError) as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
-    except executors.SchedulerError as error:
+    except executors.LockedError as error:
         parser.exit(1, f"{PROG}: {error}\n")
     except WriteError as error:  # a full disk, a lost mount: what was written before stays
         parser.exit(1, f"{PROG}: cannot write {error.filename}: {error.strerror}\n")
@@ -411,7 +506,6 @@ def main(argv=None) -> int:
         parser.exit(128 + stopped.signum, f"{PROG}: {stopped}\n")
     except KeyboardInterrupt:  # Ctrl-C between stages
         parser.exit(128 + signal.SIGINT, f"{PROG}: interrupted; run the same command to go on\n")
-    return 0
 
 
 if __name__ == "__main__":

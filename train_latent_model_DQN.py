@@ -21,9 +21,10 @@ import agents
 import latent_model
 import model_parts
 import replay_buffer
-from training import experiment, loop
+from training import cli, schema
+from training.definition import AgentDefinition
 
-AGENT_TYPE = "latent_model"  # the config's agent_type: which keys it reads (training/schema.py)
+STEP_SIZE_KEY = "Q_alpha"
 
 
 class Networks(NamedTuple):
@@ -116,7 +117,7 @@ def model_loss(nets: Networks, cfg: dict, params, transitions: replay_buffer.Tra
     """Mean over the batch of the weighted terms; returns (loss, {term: batch mean})."""
     keys = jax.random.split(key, transitions.reward.shape[0])
     terms = jax.vmap(lambda t, k: model_loss_terms(nets, cfg, params, t, k))(transitions, keys)
-    per_transition = sum(hp[LOSS_WEIGHTS[name]] * value for name, value in terms.items())
+    per_transition = model_parts.weighted_loss(terms, hp, LOSS_WEIGHTS)
     return jnp.mean(per_transition), {name: jnp.mean(value) for name, value in terms.items()}
 
 
@@ -160,8 +161,7 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 
     keys = jax.random.split(key, start_obs.shape[0])
     transitions = jax.vmap(one_rollout)(start_obs, keys)  # leaves [N, L, ...]
-    flat = jax.tree_util.tree_map(lambda x: x.reshape((-1, *x.shape[2:])), transitions)
-    return jax.lax.stop_gradient(flat)
+    return jax.lax.stop_gradient(agents.flatten_rollouts(transitions))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,8 +169,8 @@ def rollout(nets: Networks, cfg: dict, learner: agents.Learner, start_obs, key, 
 # --------------------------------------------------------------------------------------------
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
-    num_actions, obs_size = env.num_actions(), loop.observation_size(env)
+def build_agent(cfg: dict, env) -> agents.Agent:
+    num_actions, obs_size = env.num_actions(), env.observation_size
     latent_size = latent_model.LatentConfig.from_config(cfg).size
     nets = build_networks(cfg, num_actions, obs_size)
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
@@ -191,26 +191,50 @@ def build_agent(cfg: dict, env) -> loop.Agent:
     def update(learner, buffer, key, hp):
         sample_key, model_key, start_key, rollout_key = jax.random.split(key, 4)
         batch = replay.sample(buffer, sample_key, cfg["batch_size"])
-        model_params, model_opt, model_loss_value, terms = agents.gradient_step(
-            lambda params: model_loss(nets, cfg, params, batch, model_key, hp),
-            learner.model_params,
-            learner.model_opt,
-            hp,
-            "model_alpha",
+        learner, model_diagnostics = model_parts.model_step(
+            lambda params: model_loss(nets, cfg, params, batch, model_key, hp), learner, hp
         )
-        learner = learner._replace(model_params=model_params, model_opt=model_opt)
         if cfg["seperate_rollout_batch_size"]:
             start_obs = replay.sample(buffer, start_key, rollout_starts).obs
         else:
             start_obs = batch.obs
         imagined = rollout(nets, cfg, learner, start_obs, rollout_key, hp)
         learner, q_diagnostics = agents.q_learning_step(
-            nets.q, learner, imagined, hp, "Q_alpha", cfg["double_DQN"]
+            nets.q, learner, imagined, hp, STEP_SIZE_KEY, cfg["double_DQN"]
         )
-        return learner, {**q_diagnostics, **model_parts.model_diagnostics(model_loss_value, terms)}
+        return learner, {**q_diagnostics, **model_diagnostics}
 
-    return loop.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
+    return model_parts.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
 
+
+def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:
+    """Acting (encode, then Q), and per update the model step (forward and backward of the
+    encoder on s and s', the transition, the heads and the decoder), the rollouts (an encoding
+    of each start, then Q, the transition and the heads at each step) and one Q step."""
+    categorical = cfg["latent_type"] == "categorical"
+    F = cfg["num_features"] * (cfg["feature_width"] if categorical else 1)
+    encoded = F if categorical else 2 * cfg["num_features"]  # logits, or mean and std
+    q = agents.mlp_flops(F, num_actions, cfg)
+    encoder = agents.mlp_flops(obs_size, encoded, cfg)
+    transition = agents.mlp_flops(F + num_actions, encoded, cfg)
+    heads = 2 * agents.mlp_flops(F + num_actions, 1, cfg)
+    decoded = obs_size * (2 if cfg.get("learn_obs_variance") else 1)
+    decoder = agents.mlp_flops(F, decoded, cfg)
+    B, L = cfg["batch_size"], cfg["rollout_length"]
+    starts = cfg["rollout_batch_size"] if cfg.get("seperate_rollout_batch_size") else B
+    model_step = 3 * B * (2 * encoder + transition + heads + decoder)
+    rollouts = starts * encoder + starts * L * (q + transition + heads)
+    update = model_step + rollouts + agents.q_step_flops(starts * L, q, cfg)
+    return agents.per_step_flops(cfg, encoder + q, update)
+
+
+DEFINITION = AgentDefinition(
+    agent_type="latent_model",
+    build_agent=build_agent,
+    step_size_key=STEP_SIZE_KEY,
+    families=(schema.ROLLOUT, schema.MODEL, schema.LATENT),
+    flops_per_step=flops_per_step,
+)
 
 if __name__ == "__main__":
-    experiment.main(AGENT_TYPE, build_agent)
+    cli.main(DEFINITION)

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 
 import agents
 import replay_buffer
-from training import experiment, loop
+from training import cli, schema
+from training.definition import AgentDefinition
 
-AGENT_TYPE = "perfect_model"  # the config's agent_type: which keys it reads (training/schema.py)
+STEP_SIZE_KEY = "alpha_adam"
 
 
 def state_buffer(env, capacity: int) -> replay_buffer.ReplayBuffer:
@@ -52,9 +53,9 @@ def rollout(env, act, start_state, key: jax.Array, length: int) -> agents.QBatch
     return jax.lax.scan(step, carry, jax.random.split(key, length))[1]
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     states = state_buffer(env, cfg["buffer_size"])
     batch_size, length = cfg["batch_size"], cfg["rollout_length"]
 
@@ -79,12 +80,28 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         rollouts = jax.vmap(lambda state, k: rollout(env, act, state, k, length))(
             starts, jax.random.split(rollout_key, batch_size)
         )
-        batch = jax.tree.map(lambda x: x.reshape(batch_size * length, *x.shape[2:]), rollouts)
+        batch = agents.flatten_rollouts(rollouts)
         # One gradient for the B*L transitions (the reference computes it twice, SPEC §12 Q4).
-        return agents.q_learning_step(q_net, learner, batch, hp, "alpha_adam", cfg["double_DQN"])
+        return agents.q_learning_step(q_net, learner, batch, hp, STEP_SIZE_KEY, cfg["double_DQN"])
 
-    return loop.model_free_agent(q_net, init, store, update)
+    return agents.model_free_agent(q_net, init, store, update)
 
+
+def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:
+    """Acting, and per update the rollouts' Q forwards and one Q step on all their steps (the
+    true environment's steps are not counted)."""
+    q = agents.mlp_flops(obs_size, num_actions, cfg)
+    samples = cfg["batch_size"] * cfg["rollout_length"]
+    return agents.per_step_flops(cfg, q, samples * q + agents.q_step_flops(samples, q, cfg))
+
+
+DEFINITION = AgentDefinition(
+    agent_type="perfect_model",
+    build_agent=build_agent,
+    step_size_key=STEP_SIZE_KEY,
+    families=(schema.ONE_OPTIMISER, schema.ROLLOUT),
+    flops_per_step=flops_per_step,
+)
 
 if __name__ == "__main__":
-    experiment.main(AGENT_TYPE, build_agent)
+    cli.main(DEFINITION)

@@ -19,9 +19,10 @@ import agents
 import model_parts
 import observation_model
 import replay_buffer
-from training import experiment, loop
+from training import cli, schema
+from training.definition import AgentDefinition
 
-AGENT_TYPE = "simple_model"  # the config's agent_type: which keys it reads (training/schema.py)
+STEP_SIZE_KEY = "Q_alpha"
 
 
 class ModelNetworks(NamedTuple):
@@ -35,7 +36,7 @@ class ModelNetworks(NamedTuple):
 
 def model_networks(cfg: dict, env) -> ModelNetworks:
     num_actions, mlp = env.num_actions(), agents.MLPConfig.from_config(cfg)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     return ModelNetworks(
         reward=model_parts.reward_network(num_actions, mlp),
         termination=model_parts.termination_network(num_actions, mlp),
@@ -77,30 +78,16 @@ def model_loss(model: ModelNetworks, params, transitions: replay_buffer.Transiti
     """Weighted sum of the terms, mean over the batch. Returns (loss, mean of each term)."""
     keys = jax.random.split(key, transitions.reward.shape[0])
     terms = jax.vmap(model_loss_terms, in_axes=(None, None, 0, 0))(model, params, transitions, keys)
-    terms = jax.tree.map(jnp.mean, terms)
-    loss = (
-        hp["reward_weight"] * terms["reward"]
-        + hp["termination_weight"] * terms["termination"]
-        + hp["obs_prediction_weight"] * terms["obs"]
-    )
-    return loss, terms
+    terms = {name: jnp.mean(terms[name]) for name in LOSS_WEIGHTS}  # summed in this order
+    return model_parts.weighted_loss(terms, hp, LOSS_WEIGHTS), terms
 
 
-MODEL_TERMS = ("reward", "termination", "obs")  # the unweighted terms of `model_loss_terms`
-
-
-def model_step(model: ModelNetworks, learner: agents.Learner, transitions, key, hp):
-    """One AdamW step (`model_alpha`) of all model networks together. Returns (learner,
-    diagnostics): the weighted loss before the step and each term's batch mean."""
-    params, opt_state, loss, terms = agents.gradient_step(
-        lambda p: model_loss(model, p, transitions, key, hp),
-        learner.model_params,
-        learner.model_opt,
-        hp,
-        "model_alpha",
-    )
-    learner = learner._replace(model_params=params, model_opt=opt_state)
-    return learner, model_parts.model_diagnostics(loss, terms)
+# The unweighted terms of `model_loss_terms` and the config key weighting each.
+LOSS_WEIGHTS = {
+    "reward": "reward_weight",
+    "termination": "termination_weight",
+    "obs": "obs_prediction_weight",
+}
 
 
 def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> agents.QBatch:
@@ -132,12 +119,12 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
     return jax.lax.scan(step, carry, keys)[1]
 
 
-def build_agent(cfg: dict, env) -> loop.Agent:
+def build_agent(cfg: dict, env) -> agents.Agent:
     q_net = agents.q_network(env.num_actions(), agents.MLPConfig.from_config(cfg))
     model = model_networks(cfg, env)
-    obs_size = loop.observation_size(env)
+    obs_size = env.observation_size
     replay = replay_buffer.transition_buffer(obs_size, cfg["buffer_size"])
-    batch_size, length = cfg["batch_size"], cfg["rollout_length"]
+    batch_size = cfg["batch_size"]
 
     def init(key):
         q_key, model_key = jax.random.split(key)
@@ -148,7 +135,9 @@ def build_agent(cfg: dict, env) -> loop.Agent:
     def update(learner, buffer, key, hp):
         sample_key, model_key, rollout_key = jax.random.split(key, 3)
         transitions = replay.sample(buffer, sample_key, batch_size)
-        learner, model_diagnostics = model_step(model, learner, transitions, model_key, hp)
+        learner, model_diagnostics = model_parts.model_step(
+            lambda params: model_loss(model, params, transitions, model_key, hp), learner, hp
+        )
         # The rollouts read the model *after* this step, and Q before its own step (SPEC §8).
 
         def act(obs, key):
@@ -158,15 +147,34 @@ def build_agent(cfg: dict, env) -> loop.Agent:
         rollouts = jax.vmap(lambda obs, k: rollout(model, learner.model_params, act, obs, k, cfg))(
             transitions.obs, jax.random.split(rollout_key, batch_size)
         )
-        batch = jax.tree.map(lambda x: x.reshape(batch_size * length, *x.shape[2:]), rollouts)
+        batch = agents.flatten_rollouts(rollouts)
         learner, q_diagnostics = agents.q_learning_step(
-            q_net, learner, batch, hp, "Q_alpha", cfg["double_DQN"]
+            q_net, learner, batch, hp, STEP_SIZE_KEY, cfg["double_DQN"]
         )
         return learner, {**q_diagnostics, **model_diagnostics}
 
-    q_values = loop.acting_on_observations(q_net)
-    return loop.learned_model_agent(q_values, init, replay, update, MODEL_TERMS)
+    q_values = agents.acting_on_observations(q_net)
+    return model_parts.learned_model_agent(q_values, init, replay, update, LOSS_WEIGHTS)
 
+
+def flops_per_step(cfg: dict, obs_size: int, num_actions: int) -> int:
+    """Acting, and per update the model step (forward and backward of its three networks),
+    the rollouts (Q and the model forward at each step) and one Q step on all their steps."""
+    q = agents.mlp_flops(obs_size, num_actions, cfg)
+    heads = 2 * agents.mlp_flops(obs_size + num_actions, 1, cfg)
+    model = heads + agents.mlp_flops(obs_size + num_actions, obs_size, cfg)
+    B, samples = cfg["batch_size"], cfg["batch_size"] * cfg["rollout_length"]
+    update = 3 * B * model + samples * (q + model) + agents.q_step_flops(samples, q, cfg)
+    return agents.per_step_flops(cfg, q, update)
+
+
+DEFINITION = AgentDefinition(
+    agent_type="simple_model",
+    build_agent=build_agent,
+    step_size_key=STEP_SIZE_KEY,
+    families=(schema.ROLLOUT, schema.MODEL, schema.OBSERVATION_MODEL),
+    flops_per_step=flops_per_step,
+)
 
 if __name__ == "__main__":
-    experiment.main(AGENT_TYPE, build_agent)
+    cli.main(DEFINITION)

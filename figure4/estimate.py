@@ -5,7 +5,7 @@ Each agent's run on its ProcMaze high-data config is set up as any run is
 chunk with training off, a chunk with one update per step, an evaluation. Each job is projected
 as compile time + steps x acting time + updates x update time + evaluations x evaluation time,
 linear in seeds; the other environments' update time is scaled by their matmul FLOPs per update
-(`measure.flops_per_step`), and a tune job counts every grid point's seeds.
+(each agent's `flops_per_step`), and a tune job counts every grid point's seeds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import NamedTuple
 import environments
 from agent_registry import AGENTS
 from figure4.plan import Cell, Plan, final_job, sized, table_config, tune_job
-from training import experiment, loop, measure
+from training import experiment, measure
 
 MEASURE_STEPS = 25  # environment steps per timed chunk
 NEEDS_GPUS_HOURS = 24.0
@@ -39,7 +39,7 @@ def measure_agent(agent: str, raw: dict, seeds: int, steps: int = MEASURE_STEPS)
     spec = AGENTS[agent]
     raw = {**raw, "num_seeds": seeds, "eval_frequency": steps, "num_steps": 2 * steps}
     raw.update(training_start_time=0, save_params=False, updates_per_step=1)
-    setup = experiment.prepare(spec.agent_type, spec.build_agent, raw)
+    setup = experiment.prepare(spec.definition, raw)
     # Acting first also fills the buffer a little; each call runs after its compilation.
     timing, _ = measure.time_run(setup, off_chunks=1, on_chunks=1)
     act, train = timing.off_s[0], timing.on_s[0]
@@ -47,13 +47,13 @@ def measure_agent(agent: str, raw: dict, seeds: int, steps: int = MEASURE_STEPS)
     return Measurement(seeds, timing.compile_s, act / steps, update, timing.eval_s, raw)
 
 
-def update_flops(agent_type: str, cfg: dict) -> float:
+def update_flops(definition, cfg: dict) -> float:
     """Matmul FLOPs of one update of one seed (one update minus none), used to carry the
     measured update time from ProcMaze to the other environments."""
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
-    sizes = loop.observation_size(env), env.num_actions()
-    one = measure.flops_per_step(agent_type, {**cfg, "updates_per_step": 1}, *sizes)
-    return one - measure.flops_per_step(agent_type, {**cfg, "updates_per_step": 0}, *sizes)
+    sizes = env.observation_size, env.num_actions()
+    one = definition.flops_per_step({**cfg, "updates_per_step": 1}, *sizes)
+    return one - definition.flops_per_step({**cfg, "updates_per_step": 0}, *sizes)
 
 
 def job_seconds(m: Measurement, cfg: dict, seeds: int, update_scale: float = 1.0) -> float:
@@ -114,14 +114,14 @@ def run_estimate(cells: list[Cell], plan: Plan) -> None:
             flush=True,
         )
     for cell in cells:
-        agent_type = AGENTS[cell.agent].agent_type
-        base = update_flops(agent_type, measurements[cell.agent].raw)
+        definition = AGENTS[cell.agent].definition
+        base = update_flops(definition, measurements[cell.agent].raw)
         cfg = sized(table_config(cell), plan.preset)
-        scales[cell] = update_flops(agent_type, cfg) / base
+        scales[cell] = update_flops(definition, cfg) / base
     print(
         "projection: time linear in seeds × steps; low data counts 10 updates per step at the "
         "measured update time; ButtonGrid and PanFlute scale the update time by their matmul "
-        "FLOPs per update (measure.flops_per_step) relative to ProcMaze; tune runs "
+        "FLOPs per update (each agent's flops_per_step) relative to ProcMaze; tune runs "
         f"{len(plan.step_sizes)} × {len(plan.temperatures)} points × {plan.tune_seeds} seeds "
         "per cell at the measured time per seed; every job compiles once"
     )

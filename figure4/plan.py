@@ -18,19 +18,20 @@ import json
 import os
 from typing import NamedTuple
 
+import environments
 from agent_registry import AGENTS, ROOT
-from training import config, results
+from training import config, paths, results
 from training.files import write_atomic
 from training.schema import same_value
 
 CONFIG_DIR = os.path.join(ROOT, "configs", "figure4")
 STAGES = ("tune", "select", "final", "plot")
-METRIC = "reward_rates"
+METRIC = results.DEFAULT_METRIC
 
 
 class EnvSpec(NamedTuple):
     env_config: dict  # ProcMaze as the shipped configs; the others at their defaults (SPEC §2)
-    episodic: bool  # ButtonGrid and PanFlute are continuing
+    episodic: bool  # the environment's own (`environments.Environment.episodic`)
 
 
 class Cell(NamedTuple):
@@ -43,10 +44,11 @@ class Cell(NamedTuple):
         return f"{self.agent}_{self.env}_{self.regime}"
 
 
+# The paper's environments and the env_config of each in Figure 4.
+FIGURE4_ENV_CONFIGS = {"ProcMaze": {"grid_size": 4}, "ButtonGrid": {}, "PanFlute": {}}
 ENVIRONMENTS = {
-    "ProcMaze": EnvSpec({"grid_size": 4}, True),
-    "ButtonGrid": EnvSpec({}, False),
-    "PanFlute": EnvSpec({}, False),
+    name: EnvSpec(env_config, environments.ENVIRONMENTS[name].episodic)
+    for name, env_config in FIGURE4_ENV_CONFIGS.items()
 }
 # The shipped configs are the High Data regime; Low Data changes these four keys (SPEC §2).
 REGIMES = {
@@ -191,7 +193,7 @@ class Job(NamedTuple):
 
 
 def all_cells() -> list[Cell]:
-    return [Cell(a, e, r) for a in AGENTS for e in ENVIRONMENTS for r in REGIMES]
+    return [Cell(a, e, r) for a in TABLE for e in ENVIRONMENTS for r in REGIMES]
 
 
 def config_path(cell: Cell) -> str:
@@ -259,11 +261,13 @@ def tune_job(cell: Cell, plan: Plan) -> Job:
     axes = {key: list(plan.step_sizes), "softmax_temp": list(plan.temperatures)}
     grid = {**raw, **axes}
     prefix = os.path.join(plan.out_dir, "tune", cell.name)
-    outputs = []
-    for point in config.grid_points(grid):  # the grid run's own names for its points' files
-        values = {name: point[name] for name in axes}
-        path = f"{prefix}_{config.point_name(point, config.grid_axes(grid))}.out"
-        outputs.append(Output(path, {**raw, **values, "seed": plan.seed}))
+    points = config.grid_points(grid)
+    outputs = [  # the grid run's own names for its points' files
+        Output(paths.out(point_prefix), {**raw, **{k: point[k] for k in axes}, "seed": plan.seed})
+        for point, point_prefix in zip(
+            points, paths.point_prefixes(prefix, points, config.grid_axes(grid)), strict=True
+        )
+    ]
     return Job("tune", cell, grid, axes, prefix + ".json", prefix, tuple(outputs))
 
 
@@ -276,8 +280,15 @@ def final_job(cell: Cell, plan: Plan) -> Job:
             raw = json.load(f)
     raw = sized(raw, plan.preset)
     prefix = os.path.join(final_dir(plan.out_dir, plan.hyperparameters), cell.name)
-    output = Output(prefix + ".out", {**raw, "seed": plan.seed})
+    output = Output(paths.out(prefix), {**raw, "seed": plan.seed})
     return Job("final", cell, raw, {}, prefix + ".json", prefix, (output,))
+
+
+def cells_with_outputs(folder: str) -> list[Cell]:
+    """The cells with a final `.out` in `folder`, in the figure's order."""
+    return [
+        cell for cell in all_cells() if os.path.exists(os.path.join(folder, f"{cell.name}.out"))
+    ]
 
 
 FINISHED, UNFINISHED, OTHER_VERSION = "finished", "unfinished", "another version"
@@ -320,7 +331,7 @@ def job_state(job: Job, versions: dict) -> str:
 def main() -> None:
     files = generate()
     for cell in all_cells():  # every config must load before any file is written
-        config.validate_config(cell_config(cell), AGENTS[cell.agent].agent_type)
+        config.validate_config(cell_config(cell), AGENTS[cell.agent].definition)
     os.makedirs(CONFIG_DIR, exist_ok=True)
     for path, text in files.items():
         write_atomic(path, lambda f, text=text: f.write(text.encode()))

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+from helpers import ROOT, SCRIPTS, load_pickle, tiny_config
 
 from training import checkpoint, config, schema
 
@@ -69,7 +69,7 @@ CASES = {
     "ER": {"alpha_adam": [1e-3, 3e-3]},
     "perfect_model": {},
     "simple_model": {},
-    "latent_model": {},
+    "categorical_latent": {},
 }
 
 

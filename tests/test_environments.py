@@ -1,23 +1,33 @@
 """Tests of environments.py: maze generator properties, hand-checked steps, spontaneous-event
 frequencies, observation layout, config validation, and jit/vmap.
 
-Compiling dominates the cost, so every environment configuration is built once (``envs``) and
-its jitted functions are shared by all tests; batched tests reuse a few batch sizes.
+Tests that hold for every environment are parametrized over `ENVIRONMENTS` (the one list), so a
+new environment is tested without naming it here: at its constructor defaults, or at the
+configuration `CONFIGS` gives it. Compiling dominates the cost, so every environment
+configuration is built once (``envs``) and its jitted functions are shared by all tests;
+batched tests reuse a few batch sizes.
 """
 
 import collections
 import functools
+import inspect
 import math
 from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent_registry import AGENTS
 from environments import (
+    ENVIRONMENT_CLASSES,
     ENVIRONMENTS,
+    STATE_TYPES,
     ButtonGrid,
     ButtonGridState,
+    Environment,
     OpenGrid,
     OpenGridState,
     PanFlute,
@@ -25,6 +35,10 @@ from environments import (
     ProcMaze,
     ProcMazeState,
     make_environment,
+)
+from training import (
+    experiment,
+    saved_programs,  # noqa: F401  (registers the state types with jax.export)
 )
 
 NOOP, UP, LEFT, DOWN, RIGHT = range(5)
@@ -623,8 +637,17 @@ def test_pan_flute_spontaneous_frequency():
 # --------------------------------------------------------------------------------------------
 
 
+def test_one_list_of_environments():
+    """Names, state types and the paper's four all come from `ENVIRONMENT_CLASSES`."""
+    assert list(ENVIRONMENTS) == [cls.__name__ for cls in ENVIRONMENT_CLASSES]
+    assert list(ENVIRONMENTS.values()) == list(ENVIRONMENT_CLASSES)
+    assert tuple(cls.state_type for cls in ENVIRONMENT_CLASSES) == STATE_TYPES
+    assert {"ProcMaze", "ButtonGrid", "PanFlute", "OpenGrid"} <= set(ENVIRONMENTS)
+    assert ProcMaze.episodic and OpenGrid.episodic
+    assert not ButtonGrid.episodic and not PanFlute.episodic
+
+
 def test_make_environment_builds_each_environment():
-    assert set(ENVIRONMENTS) == {"ProcMaze", "ButtonGrid", "PanFlute", "OpenGrid"}
     env = make_environment("ProcMaze", {"grid_size": 4})
     assert isinstance(env, ProcMaze) and env.grid_size == 4 and env.observation_size == 64
     env = make_environment("ButtonGrid", {"num_buttons": 2, "activate_on_reset": False})
@@ -674,7 +697,8 @@ def test_constructors_validate_too():
 # jit and vmap
 # --------------------------------------------------------------------------------------------
 
-# Configurations shared with the tests above, so that their compiled functions are reused.
+# Configurations shared with the tests above, so that their compiled functions are reused; an
+# environment not named here is tested at its constructor defaults.
 CONFIGS = {
     "ProcMaze": {"grid_size": 4},
     "ButtonGrid": {"grid_size": 4, "num_buttons": 2, "spontaneous_reset": False},
@@ -683,9 +707,17 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_config_names_are_environments():
+    assert set(CONFIGS) <= set(ENVIRONMENTS)
+
+
+def env_fns(name):
+    return envs(name, **CONFIGS.get(name, {}))
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
 def test_jit_and_vmap_agree_with_single_calls(name):
-    fns = envs(name, **CONFIGS[name])
+    fns = env_fns(name)
     n = NUM_MAZES
     reset_keys, step_keys = keys(n, seed=1), keys(n, seed=2)
     acts = np.arange(n, dtype=np.int32) % fns.env.num_actions()
@@ -705,3 +737,103 @@ def test_jit_and_vmap_agree_with_single_calls(name):
         assert_states_equal(single[0], type(new)(*(x[i] for x in new)))
         np.testing.assert_array_equal(single[1], new_obs[i])
         assert float(single[2]) == reward[i] and bool(single[3]) == terminal[i]
+
+
+# --------------------------------------------------------------------------------------------
+# The interface every environment declares
+# --------------------------------------------------------------------------------------------
+
+
+def constructor_defaults(cls):
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_declared_interface_matches_what_the_environment_does(name):
+    """State type, observation size, actions and the episodic flag are what reset and step
+    produce (shapes from tracing alone; nothing compiles)."""
+    cls = ENVIRONMENTS[name]
+    assert issubclass(cls, Environment) and isinstance(cls.episodic, bool)
+    assert cls.state_type in STATE_TYPES and issubclass(cls.state_type, tuple)
+    defaults = constructor_defaults(cls)
+    assert all(isinstance(value, bool | int | float) for value in defaults.values()), defaults
+    assert cls.config_errors(defaults) == []
+    env = make_environment(name, CONFIGS.get(name, {}))
+    assert isinstance(env.num_actions(), int) and env.num_actions() >= 1
+    assert isinstance(env.observation_size, int) and env.observation_size >= 1
+    assert 0.0 <= env.spontaneous_probability <= 1.0
+    key = jax.random.key(0)
+    state, obs = jax.eval_shape(env.reset, key)
+    assert type(state) is cls.state_type
+    assert obs.shape == (env.observation_size,) and obs.dtype == np.bool_
+    new, new_obs, reward, terminal, info = jax.eval_shape(env.step, key, state, np.int32(0))
+    assert type(new) is cls.state_type
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), new) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), state
+    )
+    assert new_obs.shape == obs.shape and new_obs.dtype == np.bool_
+    assert (reward.shape, reward.dtype) == ((), np.float32)
+    assert (terminal.shape, terminal.dtype) == ((), np.bool_) and info == {}
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_continuing_environments_never_terminate(name):
+    """A continuing environment's `terminal` is false on every step of a random rollout; an
+    episodic one's `terminal` is its own to decide (tested per environment above)."""
+    fns = env_fns(name)
+    n = NUM_MAZES
+    state, _ = fns.vreset(keys(n, seed=5))
+    terminals = []
+    for t in range(3):
+        acts = np.random.default_rng(t).integers(0, fns.env.num_actions(), n, dtype=np.int32)
+        state, _, _, terminal, _ = fns.vstep(keys(n, seed=6 + t), state, acts)
+        terminals.append(terminal)
+    if not ENVIRONMENTS[name].episodic:
+        assert not np.any(terminals)
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_state_type_is_saved_by_jax_export(name):
+    """Every state type crosses a saved program's boundary (the default saved-program cache):
+    `saved_programs` registers it, so an exported reset round-trips."""
+    env = make_environment(name, CONFIGS.get(name, {}))
+    key = jax.random.PRNGKey(0)
+    exported = jax.export.export(jax.jit(env.reset))(key)
+    again = jax.export.deserialize(exported.serialize())
+    assert again.out_tree == jax.tree.structure(jax.eval_shape(env.reset, key))
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+@settings(max_examples=25, deadline=None, database=None)
+@given(data=st.data())
+def test_any_env_config_builds_or_is_one_line(name, data):
+    """A config of the constructor's keys (and stray ones) with any small values either builds
+    the environment or raises one ValueError line that names the environment."""
+    keys_ = [*constructor_defaults(ENVIRONMENTS[name]), "grid_size", "size", "num_pipes"]
+    values = st.one_of(st.integers(-2, 12), st.booleans(), st.floats(0, 4), st.text(max_size=2))
+    config = data.draw(st.dictionaries(st.sampled_from(keys_), values, max_size=4))
+    try:
+        env = make_environment(name, config)
+    except ValueError as error:
+        assert "\n" not in str(error) and name in str(error), str(error)
+    else:
+        assert isinstance(env, ENVIRONMENTS[name])
+
+
+@pytest.mark.parametrize("name", list(ENVIRONMENTS))
+def test_episodic_env_must_say_what_the_environment_is(name):
+    """A config whose `episodic_env` contradicts its environment stops in one line before
+    anything compiles; the right value sets up the run."""
+    episodic = ENVIRONMENTS[name].episodic
+    raw = {**AGENTS["ER"].shipped(), "environment": name, "env_config": {}, "num_seeds": 1}
+    raw.update(num_hidden_units=8, batch_size=8, buffer_size=100)
+    assert experiment.prepare(AGENTS["ER"].definition, {**raw, "episodic_env": episodic}).env
+    with pytest.raises(experiment.RunError) as info:
+        experiment.prepare(AGENTS["ER"].definition, {**raw, "episodic_env": not episodic})
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("config error: episodic_env: ")
+    assert name in message and f"must be {str(episodic).lower()}" in message

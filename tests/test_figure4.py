@@ -16,7 +16,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
+from helpers import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
@@ -289,6 +289,8 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     for name in ("srun", "sbatch"):
         (fake_bin / name).write_text("#!/bin/sh\nexit 0\n")
         (fake_bin / name).chmod(0o755)
+    (fake_bin / "sinfo").write_text("#!/bin/sh\necho 'gpu|16|128000|gpu:4|2-00:00:00'\n")
+    (fake_bin / "sinfo").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     flags = ["--executor", "slurm", "--slurm-partition", "gpu", "--time", "90"]
@@ -345,28 +347,38 @@ def test_a_silent_squeue_is_waited_out_not_taken_for_failed_jobs(tmp_path, monke
     silent_squeue(tmp_path, monkeypatch)
     job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
     handle = ResultLater(tmp_path)
-    # many looks (GONE_POLLS would fail a job SLURM no longer listed) before the result lands
+    # many looks (a job SLURM no longer listed would have ended) before the result lands
     threading.Timer(1.0, handle.paths.result_pickle.write_bytes, [b""]).start()
-    assert executors.wait([(job, handle)], slurm_options(tmp_path)) == []
+    watches = {job.prefix: executors.Watch(job, handle, 0)}
+    options = slurm_options(tmp_path)
+    assert executors.watch_jobs([job], watches, [], options, str(tmp_path)) == []
     assert capsys.readouterr().out.splitlines() == [
         "squeue: slurm_load_jobs error: Socket timed out on send/recv operation; waiting for it "
         "to answer",
+        "final: 0 done, 0 running, 1 pending, 0 failed; 0.0 steps/s summed over running jobs",
         "final ER_ProcMaze_high: done",
+        "final: 1 done, 0 running, 0 pending, 0 failed; 0.0 steps/s summed over running jobs",
     ]
 
 
-def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, monkeypatch):
+def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, monkeypatch, capsys):
+    """It waits for squeue to answer (submitting could run a job twice), then watches the job
+    an earlier driver submitted."""
     silent_squeue(tmp_path, monkeypatch)
     job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
     path = executors.records_path(str(tmp_path), "final")
     executors.write_records(path, {job.prefix: {"job_id": "7", "folder": str(tmp_path)}})
-    with pytest.raises(executors.SchedulerError) as info:
-        executors.reattach([job], slurm_options(tmp_path), str(tmp_path))
-    assert str(info.value) == (
-        "final: cannot tell whether the jobs an earlier driver submitted still run (squeue: "
-        "slurm_load_jobs error: Socket timed out on send/recv operation); run the same command "
-        "again when squeue answers"
-    )
+    answering = "#!/bin/sh\necho '7|RUNNING|2026-12-03T11:00:00'\n"
+    squeue = tmp_path / "bin" / "squeue"
+    threading.Timer(1.0, squeue.write_text, [answering]).start()
+    watches, to_submit = executors.reattach([job], slurm_options(tmp_path), str(tmp_path))
+    assert to_submit == [] and watches[job.prefix].handle.job_id == "7"
+    assert capsys.readouterr().out.splitlines() == [
+        "squeue: slurm_load_jobs error: Socket timed out on send/recv operation; waiting for it "
+        "to answer before submitting",
+        "final ER_ProcMaze_high: job 7 of an earlier driver is RUNNING: watching it, not "
+        "submitting it again",
+    ]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SCRIPTS, tiny_config
+from helpers import ROOT, SCRIPTS, load_pickle, tiny_config
 
 import train_ER_DQN
 from training import compilation, config, experiment, files, results
@@ -237,7 +237,7 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     raw = tiny_config("ER", **FAST)
     setup = experiment.prepare("ER", train_ER_DQN.build_agent, raw)
     state = compilation.training_state_bytes(setup.shapes)[0]
-    just_enough = state + setup.metrics + 1
+    just_enough = state + setup.metrics + setup.evaluation + 1  # the evaluation fits too
     monkeypatch.setattr(compilation, "available_memory", lambda devices: (just_enough, "a test"))
     code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
     assert code == 2 and len(lines) == 1, lines
@@ -247,3 +247,12 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     )
     assert not (tmp_path / "run.out").exists() and not (tmp_path / "run.ckpt").exists()
     assert compilation.metrics_bytes(10, 2, 3, 2) == 2 * 10 * 2 * 3 * (4 * 3 + 1)
+
+
+def test_output_files_get_ordinary_permissions(tmp_path):
+    """Written through a temporary file, yet readable like any new file (not mkstemp's 0600)."""
+    path = tmp_path / "run.out"
+    files.write_pickle_atomic(str(path), {"metrics": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+    assert load_pickle(str(path)) == {"metrics": {}}
+    assert os.listdir(tmp_path) == ["run.out"]  # no temporary file left behind

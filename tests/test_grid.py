@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
+from helpers import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
 
 import environments
 import train_ER_DQN

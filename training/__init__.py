@@ -1,17 +1,22 @@
 """The run machinery, written once for every agent (SPEC sections 2, 9-11).
 
-One module per concern; imports point down this list:
-- `experiment`: `run` (the one way into a training run) and the command line of `train_*.py`;
+One module per concern:
+- `experiment`: `run` (the one way into a training run) and the run in order, on one screen;
+- `cli`: the command line of every `train_*.py`, which calls `experiment.run`; `flags`: argparse
+  with one-line errors;
+- `measure`: timing of a run's compiled pieces, for the benchmark and the Figure 4 estimate;
+  it builds on `experiment`, which never imports it;
+- `definition`: what the machinery needs of an agent's module (`AgentDefinition`);
 - `checkpoint`: `<output>.ckpt`, resuming, and its two generations;
 - `compilation`: the loop jitted once per run, its pairs sharded over the devices, the memory
   check; `saved_programs`: traced programs kept on disk for a second launch;
-- `measure`: timing and FLOPs of a run's compiled pieces (the benchmark and the Figure 4
-  estimate);
 - `loop`: the training loop of SPEC section 9 (`Agent`, `TrainState`);
 - `config`: validation and grids; `schema`: every config key and its role;
-- `results`: the `.out` format, reader beside writer, safe to load; `files`: atomic writes, output
-  prefixes and the lock on them; `provenance`: what produced a file; `cli`: one-line flag errors.
+- `results`: the `.out` format, reader beside writer, safe to load; `files`: atomic writes and
+  the lock on an output prefix; `paths`: every output file's name; `provenance`: what produced
+  a file.
 
-`schema`, `results`, `files` and `cli` import neither jax nor anything else of the project's
-beyond each other, so the plotting scripts run wherever numpy and matplotlib do.
+Which module imports which, and which import no jax (so that the plotting scripts run wherever
+numpy and matplotlib do), is stated once, in the README's code map ("Imports point one way"),
+and `tests/test_imports.py` checks it against the code.
 """

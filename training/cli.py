@@ -1,53 +1,70 @@
-"""Command lines whose errors are one line: a bad flag names itself, exit status 2. No jax."""
+"""The command line of every `train_<agent>.py`: `main(DEFINITION)` parses the reference's flags
+(SPEC section 1: `--seed`, `--config`, `--output`) and ours, and calls `experiment.run`.
+
+A run that cannot start or go on prints one line and exits: status 2 for a bad config or flag,
+1 for a file that could not be written, 128 + the signal's number when a signal stopped it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import math
+import signal
+import sys
+
+from training import experiment
+from training.definition import AgentDefinition
+from training.flags import MAX_SEED, OneLineErrorParser, number
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line with exit status 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(name: str):
-    """An argparse type: an integer >= 1, named `name` in its error."""
-
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got '{text}'") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
-
-
-# A PRNG seed is two uint32 words of which a seed fills the lower: a larger or negative seed would
-# share its key with one in this range (2**32 and 0 give the same key).
-MAX_SEED = 2**32 - 1
-
-
-def number(kind, minimum, strict: bool = False, maximum=math.inf):
-    """An argparse type: an int or finite float >= minimum (> minimum when strict), <= maximum."""
-    name = {int: "an integer", float: "a number"}[kind]
-    bound = f"{'>' if strict else '>='} {minimum}" + (
-        f" and <= {maximum}" if maximum < math.inf else ""
+def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
+    parser = OneLineErrorParser(description=f"Train the {agent_type} agent.")
+    parser.add_argument(
+        "--seed", "-s", type=number(int, 0, maximum=MAX_SEED), default=0, help="master PRNG seed"
     )
+    parser.add_argument("--config", "-c", required=True, help="path to a JSON config")
+    parser.add_argument("--output", "-o", default=agent_type, help="output prefix")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar or logs")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on from the checkpoint <output>.ckpt of an interrupted run (if there is one)",
+    )
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again from step 0 over the checkpoint <output>.ckpt of an earlier run "
+        "(which a run without --resume or --restart refuses to replace)",
+    )
+    parser.add_argument(
+        "--accept-version-change",
+        action="store_true",
+        help="--resume even from a checkpoint that another version of the code, of jax, "
+        "jaxlib, haiku or optax, or another kind of device wrote",
+    )
+    return parser.parse_args(argv)
 
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {name}, got {text!r}") from None
-        low = value > minimum if strict else value >= minimum
-        if not (low and value <= maximum and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"expected {name} {bound}, got {text!r}")
-        return value
 
-    return parse
+def main(definition: AgentDefinition, argv: list[str] | None = None) -> experiment.Written:
+    """Entry point of every `train_*.py`: parse flags and `experiment.run`."""
+    args = parse_args(definition.agent_type, argv)
+    try:
+        return experiment.run(
+            definition,
+            args.config,
+            args.output,
+            seed=args.seed,
+            resume=args.resume,
+            quiet=args.quiet,
+            accept_version_change=args.accept_version_change,
+            restart=args.restart,
+        )
+    except experiment.RunError as error:
+        print(error, file=sys.stderr)
+        sys.exit(error.status)
+    except KeyboardInterrupt:  # Ctrl-C before training began, or a second one during it
+        print(
+            "interrupted: the files written so far are whole; --resume goes on from the last "
+            "checkpoint, if one was written",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGINT)

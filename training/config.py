@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 import environments
 from agents import HParams
@@ -105,22 +106,26 @@ def _grid_axis(name: str, values: list, key: Key) -> list:
     if not values:
         raise ConfigError(f"{name}: an empty list (a grid axis needs at least one value)")
     checked = [_check_value(f"{name}[{i}]", name, v, key) for i, v in enumerate(values)]
+    seen = set()  # not a scan of the values before each: a long axis stays linear
     for i, value in enumerate(checked):
-        if value in checked[:i]:
+        if value in seen:
             raise ConfigError(f"{name}[{i}]: {value} is already on this grid axis")
+        seen.add(value)
     return checked
 
 
-def validate_config(raw: Any, agent_type: str) -> dict:
-    """Defaults filled in, types and ranges checked; raises `ConfigError` on the first problem.
+def validate_config(raw: Any, agent) -> dict:
+    """Defaults filled in, types and ranges checked for the agent whose definition is `agent`
+    (its `agent_type` and the `keys` it accepts: `training/definition.py`); raises `ConfigError`
+    on the first problem.
 
     A traced key may hold a list: an axis of a grid of runs (`grid_points`)."""
     if not isinstance(raw, dict):
         raise ConfigError("the config file must hold a JSON object")
-    accepted = {name for name, key in SCHEMA.items() if agent_type in key.agents}
+    agent_type, accepted = agent.agent_type, agent.keys
     for name in raw:
         if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=1)
+            close = difflib.get_close_matches(str(name), accepted, n=1)
             if close:
                 hint = f" (did you mean {close[0]!r}?)"
             elif name in SCHEMA:
@@ -146,11 +151,31 @@ def validate_config(raw: Any, agent_type: str) -> dict:
     _check_combinations(cfg)
     known = SCHEMA["environment"]._replace(choices=tuple(environments.ENVIRONMENTS))
     _check_range("environment", "environment", cfg["environment"], known)
+    _check_environment(cfg["environment"], cfg["env_config"])
+    return cfg
+
+
+def _check_environment(name: str, env_config: dict) -> None:
+    """The environment's arguments as the environment checks them, and sizes it can hold: each
+    number an int32, and an observation of at most `INT32_MAX` entries (beyond, nothing that
+    indexes it works, and building it took minutes before failing)."""
+    for key, value in env_config.items():
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT32_MAX:
+            raise ConfigError(
+                f"env_config: {key!r} for {name}: expected an integer of at most {INT32_MAX} "
+                f"(int32), got {value}"
+            )
     try:
-        environments.make_environment(cfg["environment"], cfg["env_config"])
+        env = environments.make_environment(name, env_config)
     except ValueError as error:
         raise ConfigError(str(error).splitlines()[0]) from None
-    return cfg
+    size = env.observation_size
+    if size > INT32_MAX:
+        given = ", ".join(f"{k} {v}" for k, v in env_config.items())
+        raise ConfigError(
+            f"env_config: {given} gives {name} observations of {size} entries, more than "
+            f"{INT32_MAX} (int32)"
+        )
 
 
 def warnings(cfg: dict) -> list[str]:
@@ -169,15 +194,39 @@ def warnings(cfg: dict) -> list[str]:
     return lines
 
 
-def load_config(path: str, agent_type: str) -> dict:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are all different: Python's JSON keeps the last of two equal
+    keys without a word, so a config saying `alpha_adam` twice would silently run one."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise ConfigError(f"{key}: given twice in one object; give it once")
+        seen.add(key)
+    return dict(pairs)
+
+
+def load_config(path: str, agent) -> dict:
+    """`validate_config` of a JSON file (`agent`: an agent's definition): UTF-8 JSON holding
+    one object, each key once."""
     try:
-        with open(path) as f:
-            raw = json.load(f)
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+        raw = json.loads(text, object_pairs_hook=_unique_keys)
+    except ConfigError:
+        raise
     except OSError as error:
         raise ConfigError(f"--config: cannot read {path!r}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"--config: {path!r} is not UTF-8 text (byte {error.start}: {error.reason})"
+        ) from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"--config: {path!r} is not valid JSON ({error})") from None
-    return validate_config(raw, agent_type)
+    except RecursionError:
+        raise ConfigError(f"--config: {path!r} is nested too deeply to be a config") from None
+    except ValueError as error:  # an integer of thousands of digits, which Python refuses
+        raise ConfigError(f"--config: {path!r}: {str(error).splitlines()[0]}") from None
+    return validate_config(raw, agent)
 
 
 def traced_hyperparameters(cfg: dict) -> HParams:
@@ -200,6 +249,11 @@ def grid_axes(cfg: dict) -> dict[str, list]:
     return {name: value for name, value in sorted(cfg.items()) if isinstance(value, list)}
 
 
+def grid_size(cfg: dict) -> int:
+    """How many points the grid has (1 without lists), before any is built."""
+    return math.prod(len(values) for values in grid_axes(cfg).values())
+
+
 def grid_points(cfg: dict) -> list[dict]:
     """One config of scalars per point of the Cartesian product of the grid axes (the first
     axis in key order varies slowest); `[cfg]` for a config without lists."""
@@ -212,10 +266,9 @@ def grid_points(cfg: dict) -> list[dict]:
 
 def grid_hyperparameters(points: list[dict]) -> HParams:
     """`traced_hyperparameters` of every point, stacked: each leaf [G] float32."""
-    per_point = [traced_hyperparameters(point) for point in points]
-    return {name: jnp.stack([hp[name] for hp in per_point]) for name in per_point[0]}
-
-
-def point_name(point: dict, axes) -> str:
-    """How a grid point's output files are told apart: `alpha_adam=5e-05_softmax_temp=0.1`."""
-    return "_".join(f"{name}={point[name]!r}" for name in axes)
+    # One array per key from numpy, not one jax scalar per point and key: a large grid's
+    # hyperparameters are built in milliseconds, not minutes. The same float32 values.
+    names = [name for name, key in SCHEMA.items() if key.traced and points[0].get(name) is not None]
+    return {
+        name: jnp.asarray(np.array([point[name] for point in points], np.float32)) for name in names
+    }

@@ -1,6 +1,6 @@
 """The training loop of SPEC section 9, written once for every agent.
 
-An agent is an `Agent`: a handful of pure functions of one seed saying how it starts, how it
+An agent is an `agents.Agent`: a handful of pure functions of one seed saying how it starts, how it
 values observations, what it stores and how it updates. The loop steps every seed of a run with
 it (`env_step`, vmapped over the seeds in `seeds_step`) for one chunk of `eval_frequency` steps
 (`agent_environment_interaction_loop_function`, the reference's name for its main loop), and
@@ -9,73 +9,16 @@ scores each seed greedily after the chunk (`evaluate`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 
 import agents
 import environments
-from model_parts import model_diagnostic_names
-from replay_buffer import BufferState, ReplayBuffer, Transition
-
-
-class Agent(NamedTuple):
-    """An agent's own ideas as pure functions of one seed (the runner adds the seed axis)."""
-
-    # key -> (Learner, BufferState): initial parameters, optimiser states and an empty buffer
-    init: Callable[[jax.Array], tuple[agents.Learner, BufferState]]
-    # (learner, obs [d], key) -> action values [A]; the latent agent encodes obs with a sample
-    q_values: Callable[[agents.Learner, jax.Array, jax.Array], jax.Array]
-    # (buffer, env state before the step, transition) -> buffer
-    store: Callable[[BufferState, Any, Transition], BufferState]
-    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
-    # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
-    update: Callable[[agents.Learner, BufferState, jax.Array, agents.HParams], Any]
-    # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps
-    saved_params: Callable[[agents.Learner], dict]
-    # names of the diagnostics `update` reports besides the learner (`agents.Q_DIAGNOSTICS`
-    # and the model's loss terms): each a float32 scalar, recorded in `.out` per evaluation
-    diagnostics: tuple[str, ...] = ()
-
-
-def store_transition(replay: ReplayBuffer):
-    """`Agent.store` of the agents that replay real transitions (ER, simple, latent)."""
-    return lambda buffer, env_state, transition: replay.add(buffer, transition)
-
-
-def acting_on_observations(q_net: hk.Transformed):
-    """`Agent.q_values` of the agents whose Q reads the observation itself (all but latent)."""
-    return lambda learner, obs, key: q_net.apply(learner.q_params, obs)
-
-
-def model_free_agent(q_net: hk.Transformed, init, store, update) -> Agent:
-    """ER and the perfect model: Q acts on observations, `.params` keeps Q, and the update
-    reports the Q step's diagnostics."""
-    return Agent(
-        init=init,
-        q_values=acting_on_observations(q_net),
-        store=store,
-        update=update,
-        saved_params=lambda learner: {"Q": learner.q_params},
-        diagnostics=agents.Q_DIAGNOSTICS,
-    )
-
-
-def learned_model_agent(q_values, init, replay: ReplayBuffer, update, model_terms) -> Agent:
-    """The simple and latent models: they store real transitions, `.params` keeps Q and the
-    model, and the update reports the model's loss and each of its `model_terms` too."""
-    return Agent(
-        init=init,
-        q_values=q_values,
-        store=store_transition(replay),
-        update=update,
-        saved_params=lambda learner: {"Q": learner.q_params, "model": learner.model_params},
-        diagnostics=agents.Q_DIAGNOSTICS + model_diagnostic_names(model_terms),
-    )
+from agents import Agent
+from replay_buffer import BufferState, Transition
 
 
 class TrainState(NamedTuple):
@@ -271,9 +214,3 @@ def evaluate(agent: Agent, env, cfg: dict, learner, key, hp):
         return score if cfg["episodic_env"] else score / cfg["eval_steps"]
 
     return jnp.mean(jax.vmap(one_env)(jax.random.split(key, cfg["eval_batch_size"])))
-
-
-def observation_size(env) -> int:
-    """Length of the flat observation vector of `env`."""
-    obs = jax.eval_shape(lambda: env.reset(jax.random.PRNGKey(0))[1])
-    return math.prod(obs.shape)

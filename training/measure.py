@@ -2,10 +2,10 @@
 Figure 4 cost estimate (`figure4/estimate.py`): both time the run that `experiment.prepare`
 sets up, never a copy of it.
 
-FLOPs are counted from the layer sizes (`flops_per_step`). XLA's own cost analysis of the
-compiled update was compared once and does not give the same numbers: it counts the body of a
-`lax.scan` (a rollout) once rather than once per step, and the categorical latent's one-hot
-products as gathers (README, "Performance").
+FLOPs are counted from the layer sizes by each agent's own `flops_per_step` (its definition,
+with `agents.mlp_flops`). XLA's own cost analysis of the compiled update was compared once and
+does not give the same numbers: it counts the body of a `lax.scan` (a rollout) once rather than
+once per step, and one-hot products as gathers (README, "Performance").
 """
 
 from __future__ import annotations
@@ -17,52 +17,6 @@ import jax
 import jax.numpy as jnp
 
 from training.experiment import Setup, compile_setup, run_keys
-
-
-def mlp_flops(fan_in: int, fan_out: int, cfg: dict) -> int:
-    """Forward matmul FLOPs of one sample through an MLP of the config's torso."""
-    h, n = cfg["num_hidden_units"], cfg["num_hidden_layers"]
-    return 2 * (fan_in * h + (n - 1) * h * h + h * fan_out)
-
-
-def flops_per_step(agent_type: str, cfg: dict, obs_size: int, num_actions: int) -> int:
-    """Matmul FLOPs of one environment step of one seed with `updates_per_step` updates.
-
-    Counted: acting (one Q forward; the latent agent also encodes), and per update the forward
-    and backward passes (3x forward) of every trained network on its batch, plus the target and
-    rollout forwards (1x). Element-wise work, sampling and the environment are not counted.
-    """
-    A, B = num_actions, cfg["batch_size"]
-    L = cfg.get("rollout_length", 1)
-    double = 2 if cfg.get("double_DQN") else 1  # double DQN adds an online forward on s'
-    if agent_type == "latent_model":
-        categorical = cfg["latent_type"] == "categorical"
-        F = cfg["num_features"] * (cfg["feature_width"] if categorical else 1)
-        enc_out = F if categorical else 2 * cfg["num_features"]
-        q_in = F
-    else:
-        q_in = obs_size
-    q = mlp_flops(q_in, A, cfg)
-    q_step = lambda n: n * (3 * q + double * q)  # noqa: E731  Q fwd+bwd on s, target fwd on s'
-    if agent_type == "ER":
-        act, update = q, q_step(B)
-    elif agent_type == "perfect_model":
-        act, update = q, B * L * q + q_step(B * L)
-    elif agent_type == "simple_model":
-        model = mlp_flops(obs_size + A, 1, cfg) * 2 + mlp_flops(obs_size + A, obs_size, cfg)
-        act, update = q, 3 * B * model + B * L * (q + model) + q_step(B * L)
-    elif agent_type == "latent_model":
-        encoder = mlp_flops(obs_size, enc_out, cfg)
-        transition = mlp_flops(F + A, enc_out, cfg)
-        heads = 2 * mlp_flops(F + A, 1, cfg)
-        decoder = mlp_flops(F, obs_size * (2 if cfg.get("learn_obs_variance") else 1), cfg)
-        model_step = 3 * B * (2 * encoder + transition + heads + decoder)
-        rb = cfg["rollout_batch_size"] if cfg.get("seperate_rollout_batch_size") else B
-        rollout = rb * encoder + rb * L * (q + transition + heads)
-        act, update = encoder + q, model_step + rollout + q_step(rb * L)
-    else:
-        raise ValueError(agent_type)
-    return act + cfg.get("updates_per_step", 1) * update
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:

@@ -13,8 +13,12 @@ import os
 from importlib import metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Top-level scripts that read, schedule or time runs: editing them changes no run's numbers.
-TOOLS = frozenset({"plot_metric.py", "sweep_summary.py", "reproduce_figure4.py", "benchmark.py"})
+# Top-level scripts that read, schedule or time runs, and the libraries under them that only
+# read results (`scoring.py`, `curves.py`): editing them changes no run's numbers.
+TOOLS = frozenset(
+    {"plot_metric.py", "sweep_summary.py", "reproduce_figure4.py", "benchmark.py"}
+    | {"scoring.py", "curves.py"}
+)
 LIBRARIES = {"jax": "jax", "jaxlib": "jaxlib", "haiku": "dm-haiku", "optax": "optax"}
 
 
@@ -61,3 +65,17 @@ def differences(saved: dict, current: dict) -> list[str]:
         for key in current
         if saved.get(key) != current.get(key)
     ]
+
+
+EARLIER = "earlier"  # in a resumed run's provenance: what produced its steps before
+
+
+def resumed(saved: dict, current: dict, step: int) -> dict:
+    """The provenance of a run resumed at `step` from a checkpoint `saved` records: `current`,
+    and, when another version wrote the steps before (`--accept-version-change`), each earlier
+    one in `EARLIER` with the step it ran until, so that the run's files never claim one
+    version for a mixed run."""
+    earlier = list(saved.get(EARLIER, []))
+    if differences({k: v for k, v in saved.items() if k != EARLIER}, current):
+        earlier.append({**{k: v for k, v in saved.items() if k != EARLIER}, "until_step": step})
+    return {**current, EARLIER: earlier} if earlier else dict(current)

@@ -8,11 +8,11 @@ persistent cache then supplies the compiled code.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -41,6 +41,31 @@ def program_key(cfg: dict, sharding: NamedSharding, num_points: int = 1) -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     digest.update(f"{provenance.versions()} {devices} {mesh} {num_points} {flags}".encode())
     return digest.hexdigest()[:24]
+
+
+# Folders of saved programs where a save failed (a full disk): not tried again, so a run says
+# so once, not once per program.
+_UNWRITABLE: set[str] = set()
+
+
+def disable_compilation_cache() -> None:
+    """No more writes to XLA's persistent cache in this process, and no word from JAX about
+    the entries it could not write (the caller has said why in one line)."""
+    jax.config.update("jax_enable_compilation_cache", False)  # JAX reads the variable too
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache entry")
+
+
+def seal_path(path: str) -> str:
+    """Where a saved program's seal is kept: beside it, in a file of its own."""
+    return path + ".sha256"
+
+
+def seal(path: str, program: bytes) -> str:
+    """What a saved program's seal holds: the hash of its name (which holds its key,
+    `program_key`, and its input signature) with its bytes. A program copied over another's
+    file, with or without its own seal, does not match the seal its new name needs, so it is
+    traced anew rather than run as if it were the other program."""
+    return hashlib.sha256(os.path.basename(path).encode() + b"\0" + program).hexdigest()
 
 
 def _register_saved_pytrees() -> None:
@@ -82,27 +107,55 @@ class SavedProgramJit:
         return self.jitted[signature]
 
     def _load_or_export(self, path: str, args):
-        if os.path.exists(path):
-            try:
-                with open(path, "rb") as f:
-                    return jax.export.deserialize(bytearray(f.read()))
-            except Exception as error:  # unreadable: trace anew and replace it
-                print(f"{path}: not loaded ({error}); tracing anew", file=sys.stderr)
-        # Traced through a wrapper that dies with this call, and used as a later launch uses it
-        # (deserialised): JAX caches a function's jaxpr and lowered module for as long as the
-        # function, or an `Exported` of it, lives, and `self.fn` lives as long as the run.
-        once = functools.wraps(self.fn)(lambda *a: self.fn(*a))
-        serialized = jax.export.export(jax.jit(once, **self.jit_kwargs))(*args).serialize()
+        exported = self._load(path)
+        if exported is not None:
+            return exported
+        exported = jax.export.export(jax.jit(self.fn, **self.jit_kwargs))(*args)
+        directory = os.path.dirname(path)
+        if directory in _UNWRITABLE:  # said once already
+            return exported
+        program = exported.serialize()
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_atomic(path, lambda f: f.write(serialized))
+            os.makedirs(directory, exist_ok=True)
+            write_atomic(path, lambda f: f.write(program))
+            # The seal last: a program without its seal is traced anew, never trusted.
+            write_atomic(seal_path(path), lambda f: f.write(seal(path, program).encode()))
         except OSError as error:  # a full or read-only cache: only the next start-up is slower
             print(
                 f"warning: cannot save the traced program {path} ({error.strerror}); "
                 "a later launch traces it again",
                 file=sys.stderr,
             )
-        return jax.export.deserialize(serialized)
+            _UNWRITABLE.add(directory)
+            disable_compilation_cache()
+        return exported
+
+    @staticmethod
+    def _load(path: str):
+        """The saved program at `path` when its seal says it is the one saved under this name
+        (not another program copied over it, say from a shared cache, nor a damaged file);
+        else None, after a warning line for a file that is there but not trusted."""
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(path, "rb") as f:
+                program = f.read()
+            with open(seal_path(path), "rb") as f:
+                sealed = f.read().decode(errors="replace")
+        except OSError as error:
+            why = f"cannot read {error.filename} ({error.strerror})"
+        else:
+            why = None if sealed == seal(path, program) else "it does not match its seal"
+            if why is None:
+                try:
+                    return jax.export.deserialize(bytearray(program))
+                except Exception as error:  # sealed but unreadable by this jax: trace anew
+                    why = f"not loaded ({str(error).splitlines()[0] if str(error) else error!r})"
+        print(
+            f"warning: saved program {path}: {why} (copied over or damaged?); tracing it anew",
+            file=sys.stderr,
+        )
+        return None
 
     def __call__(self, *args):
         return self._jitted_for(args)(*args)

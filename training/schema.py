@@ -1,5 +1,9 @@
 """Every config key in one table, `SCHEMA` (SPEC sections 2 and 12): its type, default, allowed
-values, which agents read it, and its role in a run.
+values, the family of agents that read it, and its role in a run.
+
+A key belongs to one family (`FAMILIES`: every agent, the agents with one optimiser, those that
+roll out, the learned models, ...); an agent's definition (`training/definition.py`) names the
+families it belongs to, so this table names no agent and a new agent is one new module.
 
 A key's role says where its value is read, and so what may vary without a new program:
 - `SHAPE`: shapes, sizes, counts and switches baked into the compiled program;
@@ -26,23 +30,26 @@ REQUIRED = object()  # default of a key that the config file must give
 # and float hyperparameters float32: a value beyond these cannot be held.
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-ALL = frozenset({"ER", "perfect_model", "simple_model", "latent_model"})
-MODEL = frozenset({"simple_model", "latent_model"})
-ROLLOUT = frozenset({"perfect_model", "simple_model", "latent_model"})
-ONE_OPTIMISER = frozenset({"ER", "perfect_model"})
-LATENT = frozenset({"latent_model"})
+# The families of keys: the agents' definitions say which they read (`keys_of`).
+ALL = "every agent"
+ONE_OPTIMISER = "one optimiser"  # Q alone is trained: one step size
+ROLLOUT = "rollouts"  # Q is trained on rollouts from replayed starts
+MODEL = "learned model"  # a model trained beside Q: two step sizes, the model's loss weights
+OBSERVATION_MODEL = "observation model"  # the model predicts observations themselves
+LATENT = "latent model"  # the model predicts in a learned latent space
+FAMILIES = (ALL, ONE_OPTIMISER, ROLLOUT, MODEL, OBSERVATION_MODEL, LATENT)
 
 SHAPE, TRACED, HOST = "shape", "traced", "host"
 CHECKPOINTS_PER_RUN = 10  # checkpoint_frequency's default: a tenth of the run
 
 
 class Key(NamedTuple):
-    """One config key: its type, default, allowed values, which agents read it, and its role."""
+    """One config key: its type, default, allowed values, the family that reads it, its role."""
 
     type: type
     default: Any
     doc: str
-    agents: frozenset = ALL
+    family: str = ALL
     low: float | None = None  # inclusive lower bound
     high: float | None = None  # inclusive upper bound
     low_open: bool = False  # lower bound is exclusive
@@ -56,24 +63,25 @@ class Key(NamedTuple):
         return self.role == TRACED
 
 
-def _positive(doc, agents=ALL, **kw):
-    return Key(int, REQUIRED, doc, agents, low=1, **kw)
+def _positive(doc, family=ALL, **kw):
+    return Key(int, REQUIRED, doc, family, low=1, **kw)
 
 
-def _step_size(doc, agents):
-    return Key(float, REQUIRED, doc, agents, low=0.0, low_open=True, role=TRACED)
+def _step_size(doc, family):
+    return Key(float, REQUIRED, doc, family, low=0.0, low_open=True, role=TRACED)
 
 
-def _weight(doc, agents=MODEL, default=REQUIRED):
-    return Key(float, default, doc, agents, low=0.0, role=TRACED)
+def _weight(doc, family=MODEL, default=REQUIRED):
+    return Key(float, default, doc, family, low=0.0, role=TRACED)
 
 
 SCHEMA: dict[str, Key] = {
     # networks and optimiser
-    "num_hidden_layers": _positive("hidden layers of every MLP"),
+    # Bounded: tracing grows with the depth (100 000 layers traced for minutes); the paper has 2.
+    "num_hidden_layers": _positive("hidden layers of every MLP", high=100),
     "num_hidden_units": _positive("units per hidden layer"),
     "activation": Key(str, REQUIRED, "hidden activation", choices=("relu", "silu", "elu")),
-    "alpha_adam": _step_size("Adam step size (ER, perfect model)", ONE_OPTIMISER),
+    "alpha_adam": _step_size("Adam step size of Q (one optimiser)", ONE_OPTIMISER),
     "Q_alpha": _step_size("Adam step size of the Q network", MODEL),
     "model_alpha": _step_size("Adam step size of the model networks", MODEL),
     "b1_adam": Key(float, REQUIRED, "Adam beta1", low=0.0, high=1.0, high_open=True, role=TRACED),
@@ -107,7 +115,7 @@ SCHEMA: dict[str, Key] = {
     "double_DQN": Key(bool, False, "double-DQN target"),
     "use_target": Key(bool, REQUIRED, "use a target network"),
     "target_update_frequency": _positive("environment steps between target refreshes"),
-    "batch_size": _positive("transitions (ER) or rollout starts (others) per update"),
+    "batch_size": _positive("replayed transitions, or rollout starts, per update"),
     "updates_per_step": Key(int, 1, "updates per environment step", low=1),
     "buffer_size": _positive("replay buffer capacity per seed"),
     "rollout_length": _positive("steps of each rollout", ROLLOUT),
@@ -175,7 +183,7 @@ SCHEMA: dict[str, Key] = {
     # switches for the reference's quirks (SPEC §12); defaults reproduce the reference
     "fresh_obs_on_reset": Key(bool, False, "Q1: act on the reset observation after a terminal"),
     "sample_obs_from_sigmoid": Key(
-        bool, False, "Q2: sample next-obs bits with sigmoid(logit)", frozenset({"simple_model"})
+        bool, False, "Q2: sample next-obs bits with sigmoid(logit)", OBSERVATION_MODEL
     ),
     "reconstruct_terminal_obs": Key(
         bool, False, "Q6: reconstruct obs on terminal transitions", LATENT
@@ -194,6 +202,14 @@ HOST_ONLY_KEYS = frozenset(
     + [name for name, role in RUN_KEYS.items() if role == HOST]
 )
 MAY_CHANGE_ON_RESUME = frozenset(name for name, key in SCHEMA.items() if key.may_change_on_resume)
+
+
+def keys_of(families: tuple[str, ...]) -> frozenset[str]:
+    """The keys an agent of these families reads (every agent's keys included)."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown key families {sorted(unknown)}: expected some of {FAMILIES}")
+    return frozenset(name for name, key in SCHEMA.items() if key.family in {ALL, *families})
 
 
 def checkpoint_every(cfg: dict) -> int:
