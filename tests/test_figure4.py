@@ -44,7 +44,7 @@ AGENT_NAMES = {
     "Categorical Latent Model": "categorical_latent",
     "Gaussian Latent Model": "gaussian_latent",
 }
-# SPEC §2: the table's "Step-Size" is alpha_adam for ER and perfect model, Q_alpha otherwise.
+# design §2: the table's "Step-Size" is alpha_adam for ER and perfect model, Q_alpha otherwise.
 STEP_KEY = {
     "ER": "alpha_adam",
     "perfect_model": "alpha_adam",
@@ -129,7 +129,7 @@ def test_parser_reads_flattened_rows():
 
 
 def assert_cell_of_the_table(raw: dict, cell: tuple, table: dict, sizes: dict | None = None):
-    """`raw` is the cell's config as the seed README's table and SPEC §2 make it: the agent's
+    """`raw` is the cell's config as the seed README's table and design §2 make it: the agent's
     shipped config, moved to the cell, at the table's values; `sizes` name the keys a preset
     changes, and their values."""
     agent, env, regime = cell
