@@ -254,14 +254,14 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
     original = lost.read_bytes()
     lost.unlink()
     flags = [*QUICK_PIPELINE, "--out-dir", str(out)]
-    second, seconds = run_quick_driver(*flags, cache_dir=driver_cache)
+    second, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     assert "tune: 2 of 2 jobs already finished" in second.stdout
     assert "final: 1 of 2 jobs already finished" in second.stdout
     assert "final ER_ProcMaze_low: finished already: its .out written again" in second.stdout
     assert lost.read_bytes() == original
     mtimes.pop(str(lost))
+    # Nothing finished was trained again: every other output is untouched.
     assert {path: os.stat(path).st_mtime_ns for path in outs if path != str(lost)} == mtimes
-    assert seconds < 30  # the first call trained four runs: each alone takes longer
 
 
 def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache):
