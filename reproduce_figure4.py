@@ -40,7 +40,7 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, paths, provenance
+from training import checkpoint, config, paths, provenance, trackers
 from training.files import WriteError, make_writable_dir, write_atomic
 from training.flags import MAX_SEED, OneLineErrorParser, number
 from training.results import ResultsError
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume runs from checkpoints of another version of the code, its libraries or "
         "another kind of device",
     )
+    trackers.add_flags(p)  # every job's curves live, under its stage and cell
     return p
 
 
@@ -372,6 +373,10 @@ def resolve(args) -> argparse.Namespace:
         "signal_delay",
     )
     defaults = build_parser().parse_args([])
+    if error := trackers.flag_error(args):
+        raise UserError(error)
+    if args.tensorboard:  # the jobs' working folder is not the driver's
+        args.tensorboard = os.path.abspath(args.tensorboard)
     for name in slurm_only:
         if args.executor != "slurm" and getattr(args, name) != getattr(defaults, name):
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
@@ -415,6 +420,7 @@ def resolve(args) -> argparse.Namespace:
         args.poll or (30.0 if args.executor == "slurm" else 1.0),
         args.accept_version_change,
         args.retries,
+        trackers.from_flags(args),
     )
     if args.executor == "slurm" and {"tune", "final"} & set(args.stage) and not args.status:
         options = executors.fit_to_cluster(options)  # before anything is submitted

@@ -50,6 +50,7 @@ from figure4.plan import Job
 from training import checkpoint, paths, provenance, results
 from training.experiment import RunError, RunInterruptedError
 from training.files import write_atomic
+from training.trackers import Trackers
 
 LOCAL_NO_LIMIT_MIN = 60 * 24 * 365  # submitit's local executor kills jobs after 2 min otherwise
 SLURM_DEFAULT_MIN = 24 * 60
@@ -99,6 +100,7 @@ class Options(NamedTuple):
     poll: float  # seconds between looks at the jobs' states
     accept_version_change: bool
     retries: int = DEFAULT_RETRIES  # per cell, for jobs that end with no new checkpoint
+    trackers: Trackers | None = None  # live curves of every job (`--tensorboard`, `--wandb`)
 
 
 class DriverStoppedError(Exception):
@@ -116,10 +118,19 @@ class TrainingJob(submitit.helpers.Checkpointable):
     is the same call: the requeued job resumes from the run's checkpoint."""
 
     def __call__(
-        self, agent: str, raw: dict, prefix: str, seed: int, quiet=True, accept_change=False
+        self,
+        agent: str,
+        raw: dict,
+        prefix: str,
+        seed: int,
+        quiet=True,
+        accept_change=False,
+        trackers: Trackers | None = None,
     ) -> str:
-        """Returns what the job did, for the driver's log."""
+        """Returns what the job did, for the driver's log. `trackers`: where its curves go live,
+        continuing its earlier tries' runs."""
         flags = dict(seed=seed, resume=True, quiet=quiet, accept_version_change=accept_change)
+        flags["trackers"] = trackers
         try:
             written = AGENTS[agent].run(raw, prefix, **flags)
         except RunInterruptedError as error:
@@ -170,7 +181,17 @@ def job_runs_on() -> bool:
 
 
 def job_arguments(job: Job, options: Options, quiet: bool) -> tuple:
-    return job.cell.agent, job.raw, job.prefix, options.seed, quiet, options.accept_version_change
+    trackers = options.trackers and options.trackers._replace(group=tracker_group(job))
+    return (
+        *(job.cell.agent, job.raw, job.prefix, options.seed, quiet),
+        *(options.accept_version_change, trackers),
+    )
+
+
+def tracker_group(job: Job) -> str:
+    """A job's runs in TensorBoard and W&B: `final/ER_ProcMaze_high/seed_3` and its `mean`, or
+    a tune grid's `tune/ER_ProcMaze_high/alpha_adam=5e-05_softmax_temp=0.1` (`trackers.py`)."""
+    return f"{job.stage}/{job.cell.name}"
 
 
 def failure_line(error: BaseException) -> str:

@@ -45,7 +45,7 @@ def quick_pipeline(tmp_path_factory, driver_cache):
 def er_run():
     """ER's tiny config on 3 seeds, compiled once for the session: (agent, env, cfg, run)."""
     raw = tiny_config("ER", num_seeds=3)
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, train_ER_DQN.DEFINITION)
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
     return agent, env, cfg, compilation.compile_run(agent, env, cfg)

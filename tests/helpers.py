@@ -15,13 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import agents
 import environments
 from agent_registry import AGENTS
 from training import config, loop
+from training.definition import AgentDefinition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The shipped hyperparameters of SPEC §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
+# The shipped hyperparameters of design §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
 BASE = {
     "num_hidden_layers": 1,
     "num_hidden_units": 16,
@@ -109,8 +111,13 @@ def tiny_config(name: str, **overrides) -> dict:
 
 
 def agent_type(name: str) -> str:
-    """The config's `agent_type` of the registry's agent `name` (what `validate_config` takes)."""
+    """The config's `agent_type` of the registry's agent `name`."""
     return AGENTS[name].agent_type
+
+
+def definition(name: str) -> AgentDefinition:
+    """The registry's agent `name` as the machinery sees it (what `validate_config` takes)."""
+    return AGENTS[name].definition
 
 
 def run_script(name: str, raw_config: dict, tmp_path, seed: int = 0, output: str = "run"):
@@ -202,11 +209,11 @@ def load_pickle(path):
 
 
 def random_policy_score(raw_config: dict, name: str = "ER", seed: int = 0) -> float:
-    """Mean greedy-evaluation score (SPEC §9) of a uniformly random policy, for comparison."""
-    cfg = config.validate_config(raw_config, agent_type(name))
+    """Mean greedy-evaluation score (design §9) of a uniformly random policy, for comparison."""
+    cfg = config.validate_config(raw_config, definition(name))
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     num_actions = env.num_actions()
-    random_agent = loop.Agent(
+    random_agent = agents.Agent(
         init=None,
         # argmax of i.i.d. normal values is a uniformly random action
         q_values=lambda learner, obs, key: jax.random.normal(key, (num_actions,)),

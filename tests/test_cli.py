@@ -1,4 +1,4 @@
-"""The command line of every `train_*.py` (`experiment.main`): flags, one-line errors with exit
+"""The command line of every `train_*.py` (`training/cli.py`): flags, one-line errors with exit
 status 2 before anything compiles, the files a run writes, and a killed run's `.out`."""
 
 import concurrent.futures
@@ -19,6 +19,7 @@ from helpers import (
     SCRIPTS,
     agent_type,
     assert_diagnostics,
+    definition,
     load_pickle,
     run_script,
     tiny_config,
@@ -27,7 +28,7 @@ from helpers import (
 import environments
 import train_ER_DQN
 from agent_registry import AGENTS
-from training import compilation, config, experiment
+from training import cli, compilation, config
 
 
 def test_cli_config_error_exits_2_with_one_line(tmp_path):
@@ -148,7 +149,7 @@ def test_cli_writes_out_and_params(name, cli_runs):
     out = load_pickle(prefix + ".out")
     assert out["config"].agent_type == agent_type(name) and out["config"].seed == SEED
     # every key as given, and the defaults filled in
-    for key, value in config.validate_config(raw, agent_type(name)).items():
+    for key, value in config.validate_config(raw, definition(name)).items():
         assert getattr(out["config"], key) == value, key
     assert out["metrics"]["eval_times"] == [0, 50, 100, 150]
     assert len(out["metrics"]["reward_rates"]) == 4
@@ -236,7 +237,7 @@ def main_er(tmp_path, capsys, monkeypatch, text: str, *flags) -> tuple[int, list
     argv = [f"--config={path}", f"--output={tmp_path / 'bad'}", *flags]
     code = 0
     try:
-        experiment.main("ER", train_ER_DQN.build_agent, argv)
+        cli.main(train_ER_DQN.DEFINITION, argv)
     except SystemExit as exit:
         code = exit.code
     return code, capsys.readouterr().err.strip().splitlines()
@@ -282,20 +283,15 @@ def test_cli_rejects_a_run_whose_replay_buffers_cannot_fit_in_memory(tmp_path, c
     assert sorted(os.listdir(tmp_path)) == ["bad.json"]
 
 
-def test_start_up_log_states_the_memory_the_run_needs(tmp_path, capsys, monkeypatch):
-    raw = tiny_config("ER", num_steps=100, save_params=False)
-    code, lines = main_er(tmp_path, capsys, monkeypatch, json.dumps(raw))
-    assert code == 0
-    assert lines[0].startswith("memory: training state 0.00 GB (replay buffers 0.00 GB), metrics ")
-    assert ", the compiled loop's temporaries 0.00 GB for 2 seeds;" in lines[0]
-
-
-def test_cli_output_folder_is_created_and_an_unwritable_one_is_a_one_line_error(
+def test_cli_logs_the_memory_it_needs_creates_the_output_folder_and_refuses_an_unwritable_one(
     tmp_path, capsys, monkeypatch
 ):
     raw = json.dumps(tiny_config("ER", num_steps=50, training_start_time=0, save_params=False))
-    code, _ = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
+    code, lines = main_er(tmp_path, capsys, monkeypatch, raw, "--output", str(tmp_path / "new/run"))
     assert code == 0 and (tmp_path / "new" / "run.out").exists()
+    # the start-up log's first line: the memory the run needs
+    assert lines[0].startswith("memory: training state 0.00 GB (replay buffers 0.00 GB), metrics ")
+    assert ", the compiled loop's temporaries 0.00 GB for 2 seeds;" in lines[0]
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, lines = main_er(tmp_path, capsys, monkeypatch, raw, f"--output={blocker / 'run'}")

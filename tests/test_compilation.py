@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, SCRIPTS, load_pickle, tiny_config, train_in_process
+from helpers import ROOT, SCRIPTS, definition, load_pickle, tiny_config, train_in_process
 
 import environments
 import train_ER_DQN
@@ -53,7 +53,7 @@ import environments, train_ER_DQN
 from training import compilation, config
 assert len(jax.devices()) == 4
 raw = tiny_config("ER", num_seeds=2, alpha_adam=[1e-3, 3e-3], softmax_temp=[0.1, 0.4])
-cfg = config.validate_config(raw, "ER")
+cfg = config.validate_config(raw, definition("ER"))
 points = config.grid_points(cfg)
 env = environments.make_environment(cfg["environment"], cfg["env_config"])
 agent = train_ER_DQN.build_agent(cfg, env)
@@ -118,7 +118,7 @@ def test_a_compilation_cache_it_cannot_write_is_one_warning_line(tmp_path):
 
 def chunk_program_text(raw: dict) -> str:
     """The StableHLO of a config's compiled chunk."""
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, definition("ER"))
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     run = compilation.compile_run(train_ER_DQN.build_agent(cfg, env), env, cfg)
     state = run.init(jax.random.split(jax.random.PRNGKey(0), cfg["num_seeds"]))

@@ -5,7 +5,7 @@ import os
 
 import jax.numpy as jnp
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, definition, tiny_config
 
 import environments
 from agent_registry import AGENTS
@@ -16,35 +16,27 @@ from training import config, schema
 # ------------------------------------------------------------------------------------------
 
 
-def config_error(raw, agent_type="ER") -> str:
+def config_error(raw, name="ER") -> str:
     with pytest.raises(config.ConfigError) as info:
-        config.validate_config(raw, agent_type)
+        config.validate_config(raw, definition(name))
     message = str(info.value)
     assert "\n" not in message
     return message
 
 
-def test_shipped_configs_validate():
-    for name, agent_type in [
-        ("ER", "ER"),
-        ("perfect_model", "perfect_model"),
-        ("simple_model", "simple_model"),
-        ("categorical_latent_model", "latent_model"),
-        ("gaussian_latent_model", "latent_model"),
-    ]:
-        path = os.path.join(ROOT, "configs", f"{name}.json")
-        if not os.path.exists(path):
-            pytest.skip(f"{path} not written yet")
-        cfg = config.load_config(path, agent_type)
-        assert cfg["num_seeds"] == 30 and cfg["num_steps"] == 1_000_000
-        assert cfg["env_config"] == {"grid_size": 4} and cfg["episodic_env"] is True
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_shipped_configs_validate(name):
+    path = os.path.join(ROOT, AGENTS[name].shipped_config)
+    cfg = config.load_config(path, definition(name))
+    assert cfg["num_seeds"] == 30 and cfg["num_steps"] == 1_000_000
+    assert cfg["env_config"] == {"grid_size": 4} and cfg["episodic_env"] is True
 
 
 def test_defaults_filled_in():
     raw = tiny_config("ER")
     for key in ("save_params", "double_DQN", "updates_per_step", "episodic_env"):
         raw.pop(key, None)
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, definition("ER"))
     assert cfg["save_params"] is True
     assert cfg["double_DQN"] is False
     assert cfg["updates_per_step"] == 1
@@ -108,7 +100,7 @@ def test_env_config_errors_name_the_key():
 
 
 def test_traced_hyperparameters_are_the_float_keys():
-    cfg = config.validate_config(tiny_config("ER"), "ER")
+    cfg = config.validate_config(tiny_config("ER"), definition("ER"))
     hp = config.traced_hyperparameters(cfg)
     assert set(hp) == {
         "alpha_adam",
@@ -152,12 +144,13 @@ def readme_range(name: str, key: schema.Key) -> str:
     return ", ".join(bounds)
 
 
-def readme_agents(key: schema.Key) -> str:
-    """ "all", or the agent types that read the key without their "_model", in registry order."""
-    agent_types = list(dict.fromkeys(spec.agent_type for spec in AGENTS.values()))
-    if set(key.agents) == set(agent_types):
+def readme_agents(name: str) -> str:
+    """ "all", or the agent types that take the key, without their "_model", in registry order."""
+    agent_types = {spec.agent_type: spec.definition for spec in AGENTS.values()}
+    taking = [t for t, d in agent_types.items() if name in d.keys]
+    if taking == list(agent_types):
         return "all"
-    return ", ".join(t.removesuffix("_model") for t in agent_types if t in key.agents)
+    return ", ".join(t.removesuffix("_model") for t in taking)
 
 
 def readme_row(name: str, key: schema.Key) -> str:
@@ -166,7 +159,7 @@ def readme_row(name: str, key: schema.Key) -> str:
         key.doc.replace("|", "\\|"),  # a bare | would end the cell
         readme_default(key),
         readme_range(name, key),
-        readme_agents(key),
+        readme_agents(name),
         key.role,
         "yes" if key.may_change_on_resume else "",
     ]

@@ -16,7 +16,7 @@ import types
 
 import numpy as np
 import pytest
-from helpers import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
+from helpers import QUICK_PIPELINE, ROOT, definition, run_quick_driver, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
@@ -44,7 +44,7 @@ AGENT_NAMES = {
     "Categorical Latent Model": "categorical_latent",
     "Gaussian Latent Model": "gaussian_latent",
 }
-# SPEC §2: the table's "Step-Size" is alpha_adam for ER and perfect model, Q_alpha otherwise.
+# design §2: the table's "Step-Size" is alpha_adam for ER and perfect model, Q_alpha otherwise.
 STEP_KEY = {
     "ER": "alpha_adam",
     "perfect_model": "alpha_adam",
@@ -129,7 +129,7 @@ def test_parser_reads_flattened_rows():
 
 
 def assert_cell_of_the_table(raw: dict, cell: tuple, table: dict, sizes: dict | None = None):
-    """`raw` is the cell's config as the seed README's table and SPEC §2 make it: the agent's
+    """`raw` is the cell's config as the seed README's table and design §2 make it: the agent's
     shipped config, moved to the cell, at the table's values; `sizes` name the keys a preset
     changes, and their values."""
     agent, env, regime = cell
@@ -196,10 +196,10 @@ def test_every_stage_config_validates_full_and_quick():
     for quick in (False, True):
         the_plan = r4.resolve(r4.build_parser().parse_args(["--quick"] if quick else [])).plan
         for cell in f4.all_cells():
-            agent_type = AGENTS[cell.agent].agent_type
-            config.validate_config(load_json(f4.config_path(cell)), agent_type)
+            definition = AGENTS[cell.agent].definition
+            config.validate_config(load_json(f4.config_path(cell)), definition)
             for job in (f4.tune_job(cell, the_plan), f4.final_job(cell, the_plan)):
-                config.validate_config(job.raw, agent_type)
+                config.validate_config(job.raw, definition)
             assert len(f4.tune_job(cell, the_plan).outputs) == (4 if quick else 110)
 
 
@@ -233,7 +233,7 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
     assert str(out / "tune" / "ER_ProcMaze_low_alpha_adam=0.0008_softmax_temp=0.1.out") in tune_outs
     for regime in ("high", "low"):
         selected = load_json(out / "selected" / f"ER_ProcMaze_{regime}.json")
-        cfg = config.validate_config(selected, "ER")
+        cfg = config.validate_config(selected, definition("ER"))
         assert cfg["alpha_adam"] in PRESETS["quick"].step_sizes
         assert cfg["softmax_temp"] in PRESETS["quick"].temperatures
         assert cfg["num_seeds"] == 30  # the real-size config; final shrinks it under --quick
@@ -254,19 +254,20 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
     original = lost.read_bytes()
     lost.unlink()
     flags = [*QUICK_PIPELINE, "--out-dir", str(out)]
-    second, seconds = run_quick_driver(*flags, cache_dir=driver_cache)
+    second, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     assert "tune: 2 of 2 jobs already finished" in second.stdout
     assert "final: 1 of 2 jobs already finished" in second.stdout
     assert "final ER_ProcMaze_low: finished already: its .out written again" in second.stdout
     assert lost.read_bytes() == original
     mtimes.pop(str(lost))
+    # Nothing finished was trained again: every other output is untouched.
     assert {path: os.stat(path).st_mtime_ns for path in outs if path != str(lost)} == mtimes
-    assert seconds < 30  # the first call trained four runs: each alone takes longer
 
 
 def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache):
     out = tmp_path / "local"
     flags = ["--stage", "final", "--executor", "local", "--parallel", "2", "--out-dir", str(out)]
+    flags += ["--tensorboard", str(tmp_path / "tb")]  # the jobs' curves, under stage and cell
     process, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     # Both cells went to submitit in one submission, each its own process (job id = its pid).
     assert "ER_ProcMaze_high, ER_ProcMaze_low" in process.stdout
@@ -279,6 +280,8 @@ def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache)
         record = load_out(out / "final" / f"ER_ProcMaze_{regime}.out")
         assert len(record["metrics"]["eval_times"]) == 10
         assert record["config"].num_seeds == 2
+        runs = sorted(os.listdir(tmp_path / "tb" / "final" / f"ER_ProcMaze_{regime}"))
+        assert runs == ["mean", "seed_0", "seed_1"]
 
 
 def test_slurm_executor_parameters(tmp_path, monkeypatch):
@@ -314,7 +317,7 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
 
 
 class ResultLater:
-    """A SLURM job's handle (what `executors.wait` reads) whose result is written later."""
+    """A SLURM job's handle (what `executors.watch_jobs` reads) whose result is written later."""
 
     def __init__(self, folder, job_id="7"):
         self.job_id = job_id
@@ -524,7 +527,7 @@ def test_outputs_of_another_version_are_listed_not_counted(tmp_path, capsys):
     cell = Cell("ER", "ProcMaze", "high")
     output = f4.final_job(cell, quick_plan(tmp_path)).outputs[0]
     raw = {key: value for key, value in output.expected.items() if key != "seed"}
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, definition("ER"))
     evaluations = cfg["num_steps"] // cfg["eval_frequency"]
     history = {"reward_rates": [np.zeros((1, 2), np.float32)] * evaluations}
     record = results.out_record(
@@ -612,7 +615,7 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
         os.kill(int(folder), 0)  # the job's controller is gone, and with it the run
     log = (tmp_path / "logs" / "final" / folder / f"{folder}_0_log.err").read_text()
     assert "stopped by SIGTERM at step" in log
-    setup = experiment.prepare("ER", AGENTS["ER"].build_agent, raw)
+    setup = experiment.prepare(AGENTS["ER"].definition, raw)
     restored = checkpoint.load(prefix + ".ckpt", setup.cfg, setup.shapes, setup.provenance)
     assert 0 < restored.progress.chunks_done < 400
 

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import ROOT, tiny_config
+from helpers import ROOT, definition, tiny_config
 
 import agents
 import environments
@@ -37,7 +37,7 @@ WEIGHTS = {
 
 def latent_cfg(**overrides) -> dict:
     raw = tiny_config("categorical_latent", num_features=3, feature_width=4, **WEIGHTS, **overrides)
-    return config.validate_config(raw, "latent_model")
+    return config.validate_config(raw, definition("categorical_latent"))
 
 
 def init_model(cfg, seed=0):
@@ -285,7 +285,7 @@ def np_kl(p1, p2):
 
 
 def np_model_loss(params, batch, key, latent_type, reconstruct_terminal_obs):
-    """SPEC §8's latent model loss, written out in numpy."""
+    """design §8's latent model loss, written out in numpy."""
     base = (
         {"probs": np.full((3, 4), 0.25), "log_probs": np.full((3, 4), np.log(0.25))}
         if latent_type == "categorical"

@@ -4,7 +4,7 @@ reference's behaviours at the start of a chunk and after a terminal step (quirk 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import tiny_config
+from helpers import definition, tiny_config
 
 import agents
 import environments
@@ -56,7 +56,7 @@ def test_target_refreshed_every_target_update_frequency(er_run):
 def test_stale_observation_after_terminal_is_quirk_q1():
     raw = tiny_config("ER", env_config={"grid_size": 2})
     for fresh in (False, True):
-        cfg = config.validate_config({**raw, "fresh_obs_on_reset": fresh}, "ER")
+        cfg = config.validate_config({**raw, "fresh_obs_on_reset": fresh}, definition("ER"))
         env = environments.make_environment(cfg["environment"], cfg["env_config"])
         agent = train_ER_DQN.build_agent(cfg, env)
         hp = config.traced_hyperparameters(cfg)
@@ -120,7 +120,7 @@ def test_without_a_target_network_bootstrap_parameters_are_set_once_per_step():
     def update(learner, buffer, key, hp):  # each update adds 1 and reports its bootstrap
         return learner._replace(q_params=learner.q_params + 1.0), {"target": learner.q_target}
 
-    agent = loop.Agent(None, None, None, update, None, diagnostics=("target",))
+    agent = agents.Agent(None, None, None, update, None, diagnostics=("target",))
     learner = agents.Learner(q_params=jnp.float32(10.0), q_target=jnp.float32(-5.0), q_opt=None)
     cfg = {"use_target": False, "updates_per_step": 3}
     learner, diagnostics = loop.train_learner(agent, cfg, learner, None, 0, jax.random.key(0), {})

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 import plot_metric
 from train_ER_DQN import DEFINITION as ER
@@ -388,14 +388,14 @@ def test_a_disk_full_at_start_is_one_line_and_leaves_no_lock(tmp_path, capsys, n
 
 
 def test_a_dollar_in_a_file_name_or_title_is_plotted_as_written(tmp_path, capsys):
-    path = tmp_path / "cost_$5.out"
+    path = tmp_path / "run_$x_$.out"  # mathtext that does not parse: a traceback before
     record = {
         "config": types.SimpleNamespace(seed=0),
         "metrics": {"reward_rates": [np.ones(2), np.zeros(2)], "eval_times": [0, 50]},
     }
     path.write_bytes(pickle.dumps(record))
     png = tmp_path / "plot.png"
-    args = ["--data", str(path), "--title", "a $ title", "--save", str(png), "--no-show"]
+    args = ["--data", str(path), "--title", "gain $x_$", "--save", str(png), "--no-show"]
     assert plot_metric.main(args) == 0 and png.stat().st_size > 0
 
 

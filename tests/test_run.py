@@ -45,6 +45,11 @@ class Learning(NamedTuple):
     margin: float  # reward per evaluation episode above the random policy's
 
 
+LATENT = Learning(
+    {"num_hidden_units": 32, "num_steps": 2000, "eval_frequency": 250, "eval_batch_size": 32},
+    last=2,
+    margin=2.0,
+)
 # On the 3 x 3 grid a random walk needs about 10 steps to the goal, the greedy policy about 3.
 LEARNING = {
     "ER": Learning(
@@ -75,16 +80,8 @@ LEARNING = {
         last=2,
         margin=4.0,
     ),
-    "categorical_latent": Learning(
-        {"num_hidden_units": 32, "num_steps": 2000, "eval_frequency": 250, "eval_batch_size": 32},
-        last=2,
-        margin=2.0,
-    ),
-    "gaussian_latent": Learning(
-        {"num_hidden_units": 32, "num_steps": 2000, "eval_frequency": 250, "eval_batch_size": 32},
-        last=2,
-        margin=2.0,
-    ),
+    "categorical_latent": LATENT,
+    "gaussian_latent": LATENT,
 }
 
 

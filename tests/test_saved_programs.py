@@ -7,7 +7,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import ROOT, tiny_config
+from helpers import ROOT, definition, tiny_config
 
 import environments
 import train_ER_DQN
@@ -16,7 +16,7 @@ from training import compilation, config, provenance, saved_programs
 
 def test_saved_programs_are_loaded_on_a_second_launch_not_traced(tmp_path):
     raw = tiny_config("ER", num_seeds=2)
-    cfg = {**config.validate_config(raw, "ER"), "agent_type": "ER", "seed": 0}
+    cfg = {**config.validate_config(raw, definition("ER")), "agent_type": "ER", "seed": 0}
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)
     hp = config.grid_hyperparameters([cfg])
@@ -52,7 +52,7 @@ def test_a_program_that_cannot_be_saved_still_runs(tmp_path, capsys):
 
 
 def test_program_key_follows_the_compiled_part_of_the_config():
-    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
+    cfg = {**config.validate_config(tiny_config("ER"), definition("ER")), "seed": 0}
     sharding = compilation.pair_sharding(1, cfg["num_seeds"])
     key = saved_programs.program_key(cfg, sharding)
     # read only by the Python loop, or traced (an argument of the programs)
@@ -78,7 +78,7 @@ def test_program_key_follows_every_source_file_a_program_runs_and_the_libraries(
     shutil.copytree(ROOT, tmp_path / "copy", ignore=shutil.ignore_patterns("tests", ".*", "*.png"))
     root = tmp_path / "copy"
     monkeypatch.setattr(provenance, "ROOT", str(root))
-    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "seed": 0}
+    cfg = {**config.validate_config(tiny_config("ER"), definition("ER")), "seed": 0}
     sharding = compilation.pair_sharding(1, cfg["num_seeds"])
     key, version = saved_programs.program_key(cfg, sharding), provenance.project_version()
     assert "training/loop.py" in provenance.source_files()

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_config
+from helpers import definition, tiny_config
 
 import agents
 import environments
@@ -29,7 +29,7 @@ def make_cfg(**overrides) -> dict:
         env_config={"num_pipes": 2},
         episodic_env=False,
     )
-    return config.validate_config({**raw, **overrides}, "simple_model")
+    return config.validate_config({**raw, **overrides}, definition("simple_model"))
 
 
 def make_model(cfg):
@@ -234,7 +234,9 @@ def test_the_model_learns_a_fixed_batch_of_panflute_transitions():
     @jax.jit
     def train(learner, key):
         def body(learner, key):
-            learner, diagnostics = sm.model_step(model, learner, transitions, key, hp)
+            learner, diagnostics = model_parts.model_step(
+                lambda params: sm.model_loss(model, params, transitions, key, hp), learner, hp
+            )
             return learner, diagnostics
 
         return jax.lax.scan(body, learner, jax.random.split(key, 300))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import slurm_jobs
 import slurm_scenarios
-from conftest import load_pickle
+from helpers import load_pickle
 
 import reproduce_figure4 as r4
 
