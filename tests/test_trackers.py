@@ -13,7 +13,7 @@ import time
 import types
 
 import numpy as np
-from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+from helpers import ROOT, SCRIPTS, load_pickle, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
