@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 class AgentSpec(NamedTuple):
     module: ModuleType  # the training script, ending with its `DEFINITION`
-    shipped_config: str  # relative to the repository root (SPEC §2: High Data ProcMaze)
+    shipped_config: str  # relative to the repository root (design §2: High Data ProcMaze)
     label: str  # legend of Figure 4
 
     @property

@@ -1,5 +1,5 @@
 """What every agent shares: haiku networks, the AdamW optimiser, the Q-learning step (**the
-Q-learning target** is `q_learning_loss`) and action selection (SPEC sections 4, 5, 7, 8).
+Q-learning target** is `q_learning_loss`) and action selection (design §4, §5, §7, §8).
 
 Everything here is a pure function of one seed; the run machinery (`training/loop.py`) adds the
 seed axis with `vmap`. Hyperparameters that do not change shapes (step sizes, temperature, gamma,
@@ -33,7 +33,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Networks (SPEC §4)
+# Networks (design §4)
 # --------------------------------------------------------------------------------------------
 
 
@@ -141,7 +141,7 @@ class QFunction(hk.Module):
 
 
 def transform(module_fn: Callable) -> hk.Transformed:
-    """Each network is its own `hk.without_apply_rng(hk.transform(...))` (SPEC §4)."""
+    """Each network is its own `hk.without_apply_rng(hk.transform(...))` (design §4)."""
     return hk.without_apply_rng(hk.transform(module_fn))
 
 
@@ -173,7 +173,7 @@ def per_step_flops(cfg: dict, act: int, update: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Optimiser (SPEC §5)
+# Optimiser (design §5)
 # --------------------------------------------------------------------------------------------
 
 
@@ -208,7 +208,7 @@ def gradient_step(loss_fn, params, opt_state, hp: HParams, step_size_key: str):
 
 
 # --------------------------------------------------------------------------------------------
-# Q-learning (SPEC §8)
+# Q-learning (design §8)
 # --------------------------------------------------------------------------------------------
 
 
@@ -318,7 +318,7 @@ def to_q_batch(transitions: Transition) -> QBatch:
 
 
 # --------------------------------------------------------------------------------------------
-# Action selection (SPEC §7)
+# Action selection (design §7)
 # --------------------------------------------------------------------------------------------
 
 
@@ -348,7 +348,7 @@ class Agent(NamedTuple):
     q_values: Callable[[Learner, jax.Array, jax.Array], jax.Array]
     # (buffer, env state before the step, transition) -> buffer
     store: Callable[[BufferState, Any, Transition], BufferState]
-    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of SPEC §8, and a dict
+    # (learner, buffer, key, hp) -> (learner, diagnostics): one update of design §8, and a dict
     # of float32 scalars named by `diagnostics` (losses, mean |Q|) for the `.out` file
     update: Callable[[Learner, BufferState, jax.Array, HParams], Any]
     # learner -> {'Q': params, 'model': params}: what `<output>.params` keeps

@@ -1,4 +1,4 @@
-"""The latent model's networks and distributions (SPEC sections 4 and 8): encoder (`phi`),
+"""The latent model's networks and distributions (design §4 and §8): encoder (`phi`),
 latent transition (`next_phi`), decoder (`obs`), their latent heads, and the KL terms. Its reward
 and continuation heads are `model_parts.py`'s; its loss and rollout are the agent's own idea, in
 `train_latent_model_DQN.py`.
@@ -25,7 +25,7 @@ LatentDist = dict[str, jax.Array]  # {'mu', 'sigma'} ([F] each) or {'probs', 'lo
 
 
 class LatentConfig(NamedTuple):
-    """Shape and parameterisation of the latent state (SPEC §4, latent heads)."""
+    """Shape and parameterisation of the latent state (design §4, latent heads)."""
 
     latent_type: str  # gaussian, tanh_gaussian or categorical
     num_features: int  # F

@@ -1,7 +1,7 @@
 """What the observation-space model and the latent model share: the reward and continuation
 heads, the negative log-likelihoods their losses are made of, the weighted loss and the model's
 gradient step (`model_step`), the names their loss terms have in `.out`, and the agent they
-make (`learned_model_agent`) (SPEC sections 4 and 8).
+make (`learned_model_agent`) (design §4 and §8).
 
 The heads read an input (an observation or a latent) with the action one-hot after it.
 """

@@ -1,4 +1,4 @@
-"""The simple model's observation-space model: the next-observation network (SPEC section 4).
+"""The simple model's observation-space model: the next-observation network (design §4).
 Its reward and continuation heads are `model_parts.py`'s; its loss and rollout are the agent's
 own idea, in `train_simple_model_DQN.py`.
 """
@@ -17,7 +17,7 @@ class NextObsFunction(hk.Module):
     distribution).
 
     Binary observations: independent bits, distribution `{'logit': [d]}`. By default a bit fires
-    with probability equal to the raw *logit* (SPEC §12 Q2: the reference's behaviour; logits
+    with probability equal to the raw *logit* (design §12 Q2: the reference's behaviour; logits
     <= 0 never fire, >= 1 always do); `sample_from_sigmoid` uses sigmoid(logit), the probability
     the loss trains. Otherwise a unit-variance Gaussian, `{'mu': [d], 'sigma': 1}`, sampled as
     mu + N(0, 1). The sample is float32 either way, so a rollout feeds it back to the model and

@@ -1,4 +1,4 @@
-"""Plot a metric over training time from one or more `.out` files (SPEC sections 1 and 11).
+"""Plot a metric over training time from one or more `.out` files (design §1 and §11).
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""The replay buffer (SPEC section 6): a ring buffer of one seed, as a pytree, with binary
+"""The replay buffer (design §6): a ring buffer of one seed, as a pytree, with binary
 observations stored as packed bits.
 
 `ReplayBuffer` describes how items are stored; `BufferState` holds them. ER, simple and latent

@@ -1,4 +1,4 @@
-"""DQN with experience replay (SPEC §8, ER).
+"""DQN with experience replay (design §8, ER).
 
 The agent's own idea: store every real transition; each update samples `batch_size` of them
 and takes one Q-learning step. Loop, config, evaluation and saving live in the run machinery

@@ -1,4 +1,4 @@
-"""DQN trained only on rollouts of a learned latent-space model (SPEC §8, latent model).
+"""DQN trained only on rollouts of a learned latent-space model (design §8, latent model).
 
 The agent's own idea: store every real transition; each update
 1. fits the model (encoder, latent transition, decoder, reward and continuation heads) on a batch
@@ -65,7 +65,7 @@ def init_model_params(nets: Networks, key: jax.Array, latent_size: int, obs_size
 
 
 # --------------------------------------------------------------------------------------------
-# The model loss (SPEC §8)
+# The model loss (design §8)
 # --------------------------------------------------------------------------------------------
 
 
@@ -122,7 +122,7 @@ def model_loss(nets: Networks, cfg: dict, params, transitions: replay_buffer.Tra
 
 
 # --------------------------------------------------------------------------------------------
-# Imagined experience (SPEC §8)
+# Imagined experience (design §8)
 # --------------------------------------------------------------------------------------------
 
 

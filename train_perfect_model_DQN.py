@@ -1,4 +1,4 @@
-"""DQN trained only on rollouts of the true simulator from replayed states (SPEC §8, perfect
+"""DQN trained only on rollouts of the true simulator from replayed states (design §8, perfect
 model).
 
 The agent's own idea: instead of transitions, store the environment states it visits; each
@@ -65,7 +65,7 @@ def build_agent(cfg: dict, env) -> agents.Agent:
         return learner, states.init()
 
     def store(buffer, env_state, transition):
-        # The state *before* the step: SPEC §9 adds it first thing, and nothing reads the
+        # The state *before* the step: design §9 adds it first thing, and nothing reads the
         # buffer between that moment and this call.
         return states.add(buffer, env_state)
 
@@ -81,7 +81,7 @@ def build_agent(cfg: dict, env) -> agents.Agent:
             starts, jax.random.split(rollout_key, batch_size)
         )
         batch = agents.flatten_rollouts(rollouts)
-        # One gradient for the B*L transitions (the reference computes it twice, SPEC §12 Q4).
+        # One gradient for the B*L transitions (the reference computes it twice, design §12 Q4).
         return agents.q_learning_step(q_net, learner, batch, hp, STEP_SIZE_KEY, cfg["double_DQN"])
 
     return agents.model_free_agent(q_net, init, store, update)

@@ -1,4 +1,4 @@
-"""DQN trained only on rollouts of a learned observation-space model (SPEC §8, simple model).
+"""DQN trained only on rollouts of a learned observation-space model (design §8, simple model).
 
 The agent's own idea: store real transitions, but never train Q on them. Each update samples
 `batch_size` of them, (1) takes one step on a model of reward, continuation and next
@@ -27,7 +27,7 @@ STEP_SIZE_KEY = "Q_alpha"
 
 class ModelNetworks(NamedTuple):
     """The three model networks; their parameters form one dict with the same keys, trained
-    together by one optimiser (SPEC §5)."""
+    together by one optimiser (design §5)."""
 
     reward: hk.Transformed  # (obs, action) -> {'mu', 'sigma'}
     termination: hk.Transformed  # (obs, action) -> {'logit'} of continuing
@@ -96,7 +96,7 @@ def rollout(model: ModelNetworks, params, act, start_obs, key, cfg: dict) -> age
     Reward is the predicted mean and `c` the predicted probability of continuing. Episodic:
     `w <- w * c_prev`, the model's belief that the rollout is still inside the episode.
     Continuing: `w` = 1, and `c` too with `fixed_continuation_if_continuing` (by default the
-    reference keeps scaling gamma by the learned `c`, SPEC §12 Q7).
+    reference keeps scaling gamma by the learned `c`, design §12 Q7).
     """
     episodic = cfg["episodic_env"]
     fixed_continuation = cfg["fixed_continuation_if_continuing"] and not episodic
@@ -138,7 +138,7 @@ def build_agent(cfg: dict, env) -> agents.Agent:
         learner, model_diagnostics = model_parts.model_step(
             lambda params: model_loss(model, params, transitions, model_key, hp), learner, hp
         )
-        # The rollouts read the model *after* this step, and Q before its own step (SPEC §8).
+        # The rollouts read the model *after* this step, and Q before its own step (design §8).
 
         def act(obs, key):
             q = q_net.apply(learner.q_params, obs)

@@ -2,7 +2,7 @@
 
     python -m figure4.plan        # (re)writes configs/figure4/<agent>_<env>_<regime>.json
 
-A cell is an agent x environment x data regime (SPEC section 2). Its config is the agent's
+A cell is an agent x environment x data regime (design §2). Its config is the agent's
 shipped config (`configs/*.json`, High Data ProcMaze) with the cell's environment,
 `episodic_env`, the regime's settings and the step size and softmax temperature of the reference
 README's Figure 4 table, which is typed in here once (`tests/test_figure4.py` parses the seed
@@ -30,7 +30,7 @@ METRIC = results.DEFAULT_METRIC
 
 
 class EnvSpec(NamedTuple):
-    env_config: dict  # ProcMaze as the shipped configs; the others at their defaults (SPEC §2)
+    env_config: dict  # ProcMaze as the shipped configs; the others at their defaults (design §2)
     episodic: bool  # the environment's own (`environments.Environment.episodic`)
 
 
@@ -50,7 +50,7 @@ ENVIRONMENTS = {
     name: EnvSpec(env_config, environments.ENVIRONMENTS[name].episodic)
     for name, env_config in FIGURE4_ENV_CONFIGS.items()
 }
-# The shipped configs are the High Data regime; Low Data changes these four keys (SPEC §2).
+# The shipped configs are the High Data regime; Low Data changes these four keys (design §2).
 REGIMES = {
     "high": {},
     "low": {

@@ -23,7 +23,7 @@ from training.definition import AgentDefinition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The shipped hyperparameters of SPEC §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
+# The shipped hyperparameters of design §2, shrunk: 1 hidden layer of 16 units, 2 seeds, short runs.
 BASE = {
     "num_hidden_layers": 1,
     "num_hidden_units": 16,
@@ -209,7 +209,7 @@ def load_pickle(path):
 
 
 def random_policy_score(raw_config: dict, name: str = "ER", seed: int = 0) -> float:
-    """Mean greedy-evaluation score (SPEC §9) of a uniformly random policy, for comparison."""
+    """Mean greedy-evaluation score (design §9) of a uniformly random policy, for comparison."""
     cfg = config.validate_config(raw_config, definition(name))
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     num_actions = env.num_actions()

@@ -1,4 +1,4 @@
-"""Tests of the agent building blocks in agents.py (SPEC §4-8): networks, AdamW, the Q-learning
+"""Tests of the agent building blocks in agents.py (design §4-8): networks, AdamW, the Q-learning
 loss and step, and action selection (the replay buffer: `test_replay_buffer.py`). Expected
 values are computed by hand or with numpy, never by the code under test."""
 
@@ -16,7 +16,7 @@ import replay_buffer
 from agents import MLPConfig
 
 # --------------------------------------------------------------------------------------------
-# Networks (SPEC §4)
+# Networks (design §4)
 # --------------------------------------------------------------------------------------------
 
 NP_ACTIVATIONS = {
@@ -145,7 +145,7 @@ def test_reward_and_termination_networks_take_one_hot_action_after_input():
 
 
 # --------------------------------------------------------------------------------------------
-# Optimiser (SPEC §5)
+# Optimiser (design §5)
 # --------------------------------------------------------------------------------------------
 
 ADAM = {"lr": 0.1, "b1": 0.9, "b2": 0.99, "eps": 1e-3, "wd": 0.05}
@@ -259,7 +259,7 @@ def test_optimizer_with_traced_hyperparameters_compiles_once():
 
 
 # --------------------------------------------------------------------------------------------
-# Q-learning loss and step (SPEC §8)
+# Q-learning loss and step (design §8)
 # --------------------------------------------------------------------------------------------
 
 Q_TM1 = jnp.array([1.0, 2.0, 3.0])
@@ -394,7 +394,7 @@ def test_to_q_batch_continuation_and_weights():
 
 
 # --------------------------------------------------------------------------------------------
-# Action selection (SPEC §7)
+# Action selection (design §7)
 # --------------------------------------------------------------------------------------------
 
 N_DRAWS = 20000

@@ -23,7 +23,7 @@ import jax
 import matplotlib
 import numpy as np
 import pytest
-from helpers import definition, tiny_config
+from helpers import tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,7 +83,7 @@ def files_under(folder) -> set[str]:
 # Config files: every key of the schema, every agent
 # --------------------------------------------------------------------------------------------
 
-AGENT_TYPES = sorted(AGENTS)  # the registry's names (tiny_config and definition take them)
+AGENT_TYPES = sorted(AGENTS)  # registry names
 SIZES = [0, 1, -1, 2, 3, 2**31 - 1, 2**31, 2 * 10**9, 10**12, 10**5000 // 10**4990]
 json_scalars = (
     st.none()
@@ -203,7 +203,7 @@ def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
         code = None
         with bounded():
             try:
-                cli.main(definition(agent_type), argv)
+                cli.main(AGENTS[agent_type].definition, argv)
             except SystemExit as exit:
                 code = exit.code
             except CompiledError:
@@ -227,7 +227,7 @@ def real_checkpoint(tmp_path_factory):
     trained: nothing compiles."""
     folder = tmp_path_factory.mktemp("checkpoint")
     path = str(folder / "run.ckpt")
-    setup = experiment.prepare(definition("ER"), CHECKPOINT_RUN)
+    setup = experiment.prepare(AGENTS["ER"].definition, CHECKPOINT_RUN)
     names = experiment.metric_names(setup.agent)
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda s: rng.integers(0, 2, s.shape).astype(s.dtype), setup.shapes)

@@ -285,7 +285,7 @@ def np_kl(p1, p2):
 
 
 def np_model_loss(params, batch, key, latent_type, reconstruct_terminal_obs):
-    """SPEC §8's latent model loss, written out in numpy."""
+    """design §8's latent model loss, written out in numpy."""
     base = (
         {"probs": np.full((3, 4), 0.25), "log_probs": np.full((3, 4), np.log(0.25))}
         if latent_type == "categorical"

@@ -1,4 +1,4 @@
-"""The packed-bit replay buffer (`replay_buffer.py`, SPEC §6): every leaf dtype comes back as it
+"""The packed-bit replay buffer (`replay_buffer.py`, design §6): every leaf dtype comes back as it
 was added, bit for bit; the ring wraps around keeping the last items; sampling draws only from
 written slots; booleans take a bit each."""
 

@@ -1,4 +1,4 @@
-"""The run machinery, written once for every agent (SPEC sections 2, 9-11).
+"""The run machinery, written once for every agent (design §2, §9-11).
 
 One module per concern:
 - `experiment`: `run` (the one way into a training run) and the run in order, on one screen;
@@ -12,7 +12,7 @@ One module per concern:
   loaded only when asked for), a listener of the host loop's evaluations;
 - `compilation`: the loop jitted once per run, its pairs sharded over the devices, the memory
   check; `saved_programs`: traced programs kept on disk for a second launch;
-- `loop`: the training loop of SPEC section 9 (`Agent`, `TrainState`);
+- `loop`: the training loop of design §9 (`Agent`, `TrainState`);
 - `config`: validation and grids; `schema`: every config key and its role;
 - `results`: the `.out` format, reader beside writer, safe to load; `files`: atomic writes and
   the lock on an output prefix; `paths`: every output file's name; `provenance`: what produced

@@ -1,5 +1,5 @@
 """The command line of every `train_<agent>.py`: `main(DEFINITION)` parses the reference's flags
-(SPEC section 1: `--seed`, `--config`, `--output`) and ours, and calls `experiment.run`.
+(design §1: `--seed`, `--config`, `--output`) and ours, and calls `experiment.run`.
 
 A run that cannot start or go on prints one line and exits: status 2 for a bad config or flag,
 1 for a file that could not be written, 128 + the signal's number when a signal stopped it.

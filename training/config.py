@@ -1,4 +1,4 @@
-"""A config validated against `schema.SCHEMA` (SPEC sections 2 and 12), and grids of it.
+"""A config validated against `schema.SCHEMA` (design §2 and §12), and grids of it.
 
 A config file is validated once, before anything is compiled: a bad key or value raises
 `ConfigError`, whose message is one line naming the key and what was expected. The result is a

@@ -1,4 +1,4 @@
-"""A training run, on one screen: `run` is the one way into one (SPEC sections 1, 9-11); the
+"""A training run, on one screen: `run` is the one way into one (design §1, §9-11); the
 command line of every `train_<agent>.py` (`cli.py`), the Figure 4 jobs, the benchmark and the
 tests call it.
 

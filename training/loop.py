@@ -1,4 +1,4 @@
-"""The training loop of SPEC section 9, written once for every agent.
+"""The training loop of design §9, written once for every agent.
 
 An agent is an `agents.Agent`: a handful of pure functions of one seed saying how it starts, how it
 values observations, what it stores and how it updates. The loop steps every seed of a run with
@@ -56,7 +56,7 @@ def init_seed(agent: Agent, env, key: jax.Array) -> TrainState:
 
 
 def train_learner(agent: Agent, cfg: dict, learner, buffer, t, key, hp):
-    """Step 5 of SPEC §9: refresh the target, then `updates_per_step` updates.
+    """Step 5 of design §9: refresh the target, then `updates_per_step` updates.
     Returns (learner, [D] vector of each diagnostic's mean over the updates)."""
     if cfg["use_target"]:
         learner = jax.lax.cond(
@@ -88,7 +88,7 @@ def diagnostics_vector(agent: Agent, diagnostics: dict[str, jax.Array]) -> jax.A
 
 
 def env_step(agent: Agent, env, cfg: dict, state: TrainState, t, train, hp):
-    """One environment step of SPEC §9 for one seed, up to the reset of an ended episode
+    """One environment step of design §9 for one seed, up to the reset of an ended episode
     (`start_new_episode`). Returns (state, StepReport)."""
     key, value_key, action_key, env_key, reset_key, update_key = jax.random.split(state.key, 6)
     q = agent.q_values(state.learner, state.obs, value_key)

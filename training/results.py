@@ -1,4 +1,4 @@
-"""The `.out` format (SPEC section 11), reader beside writer, and the `.params` files.
+"""The `.out` format (design §11), reader beside writer, and the `.params` files.
 
 `<output>.out` is a pickle of `{'config': types.SimpleNamespace(**config), 'metrics':
 {'reward_rates': [array (S,) per evaluation], 'eval_times': [int per evaluation], ...},
@@ -43,7 +43,7 @@ class ResultsError(Exception):
 def out_record(
     cfg: dict, eval_times: list[int], history: dict[str, list], g: int, provenance=None
 ) -> dict:
-    """The `.out` record of grid point `g` (SPEC §11): its config of scalars, and each metric
+    """The `.out` record of grid point `g` (design §11): its config of scalars, and each metric
     of `history` (one [G, S] array per evaluation) as one [S] array per evaluation.
     `reward_rates` and `eval_times` come first, as in the reference's files."""
     metrics = {DEFAULT_METRIC: [], TIMES_KEY: list(eval_times)}
@@ -62,7 +62,7 @@ def write_out(path: str, record: dict) -> None:
 
 
 def params_of_point(saved: dict, g: int) -> dict:
-    """`.params` of grid point `g` (SPEC §11) from the host copy of every pair's saved
+    """`.params` of grid point `g` (design §11) from the host copy of every pair's saved
     parameters (`Agent.saved_params`, leaves [G, S, ...]): `{'Q': [params of seed 0, 1, ...]}`,
     plus `'model'` for the model agents, as numpy arrays."""
 

@@ -1,4 +1,4 @@
-"""Every config key in one table, `SCHEMA` (SPEC sections 2 and 12): its type, default, allowed
+"""Every config key in one table, `SCHEMA` (design §2 and §12): its type, default, allowed
 values, the family of agents that read it, and its role in a run.
 
 A key belongs to one family (`FAMILIES`: every agent, the agents with one optimiser, those that
@@ -180,7 +180,7 @@ SCHEMA: dict[str, Key] = {
         "float32 matrix products: JAX's default or true float32",
         choices=("default", "float32"),
     ),
-    # switches for the reference's quirks (SPEC §12); defaults reproduce the reference
+    # switches for the reference's quirks (design §12); defaults reproduce the reference
     "fresh_obs_on_reset": Key(bool, False, "Q1: act on the reset observation after a terminal"),
     "sample_obs_from_sigmoid": Key(
         bool, False, "Q2: sample next-obs bits with sigmoid(logit)", OBSERVATION_MODEL
