@@ -295,7 +295,8 @@ def test_cli_logs_the_memory_it_needs_creates_the_output_folder_and_refuses_an_u
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, lines = main_er(tmp_path, capsys, monkeypatch, raw, f"--output={blocker / 'run'}")
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("--output: cannot write")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0] == f"--output: cannot use {blocker / 'run.out'}: Not a directory", lines
 
 
 # ------------------------------------------------------------------------------------------

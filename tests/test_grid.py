@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from helpers import ROOT, SCRIPTS, definition, load_pickle, run_tool, tiny_confi
 
 import environments
 import train_ER_DQN
-from training import compilation, config, experiment, loop
+from training import compilation, config, experiment, loop, paths
 
 # ------------------------------------------------------------------------------------------
 # Grids in the config
@@ -65,7 +66,7 @@ def test_grid_points_are_the_cartesian_product_in_key_order():
     hp = config.grid_hyperparameters(points)
     np.testing.assert_allclose(hp["gamma"], [0.9, 0.9, 0.5, 0.5, 0.1, 0.1])
     assert hp["alpha_adam"].shape == (6,)
-    assert config.point_name(points[1], config.grid_axes(cfg)) == "gamma=0.9_softmax_temp=0.4"
+    assert paths.point_name(points[1], config.grid_axes(cfg)) == "gamma=0.9_softmax_temp=0.4"
     single = config.validate_config(tiny_config("ER"), definition("ER"))
     assert config.grid_points(single) == [single] and not config.grid_axes(single)
 
@@ -268,6 +269,7 @@ def test_the_bar_shows_the_best_points_mean_return():
     axes = {"alpha_adam": [1e-3, 3e-3]}
     scores = np.array([[-10.0, -12.0], [-4.0, -6.0]], np.float32)
     bar = RecordingBar()
-    experiment.show_progress(bar, False, 500, scores, points, axes)
+    setup = types.SimpleNamespace(points=points, axes=axes)  # what the bar reads of a Setup
+    experiment.show_progress(bar, False, 500, scores, setup)
     assert bar.postfix == {"time": 500, "best": "alpha_adam=0.003 -5.000"}
     assert bar.lines == ["t=500 returns (best point alpha_adam=0.003): -4.000 -6.000"]
