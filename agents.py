@@ -262,7 +262,7 @@ def new_learner(q_params: Params, model_params: Params = None) -> Learner:
     )
 
 
-# What `q_learning_step` reports of each Q step (`loop.Agent.diagnostics`).
+# What `q_learning_step` reports of each Q step (`Agent.diagnostics`).
 Q_DIAGNOSTICS = ("q_loss", "mean_abs_q")
 
 

@@ -23,52 +23,25 @@ Confidence band: a percentile bootstrap over seeds (like seaborn's default in th
 1000 resamples of the S seeds with replacement, a fixed RNG seed so the figure is
 deterministic; the band at each time is the 2.5th to 97.5th percentile of the resampled means.
 
-Reading the files (safely: a `.out` file cannot run code), the per-seed arrays, the diverged
-seeds and the bootstrap interval are the `.out` format's own (`training/results.py`); this script
-smooths, draws and saves. It imports no jax, so it runs anywhere numpy, scipy and matplotlib do.
-On a machine without a display it selects matplotlib's non-interactive 'Agg' backend and never
+Reading the files (safely: a `.out` file cannot run code), the per-seed arrays and the diverged
+seeds are the `.out` format's own (`training/results.py`); the smoothing and the band are
+`curves.py`'s (the band's interval `scoring.py`'s); this script draws, saves and shows. It
+imports no jax, so it runs anywhere numpy, scipy and matplotlib do. On a machine without a
+display `main` selects matplotlib's non-interactive 'Agg' backend (`select_backend`) and never
 opens a window.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Callable
 
-import matplotlib
 import matplotlib.pyplot as plt
-import numpy as np
 
+from curves import can_show, draw_curve, file_curve, select_backend
 from training.files import save_png_atomic
 from training.flags import OneLineErrorParser, positive_int
-from training.results import (
-    DEFAULT_METRIC,
-    ResultsError,
-    bootstrap_ci,
-    healthy_values,
-    load_out,
-    metric_values,
-)
-
-_NON_INTERACTIVE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
-
-
-def _has_display() -> bool:
-    """False on Linux/BSD without an X or Wayland display; other platforms always have one."""
-    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
-        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    return True
-
-
-def _select_backend() -> None:
-    """Use 'Agg' when no window can be shown, unless the user chose a backend (MPLBACKEND)."""
-    if not _has_display() and not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-
-
-_select_backend()
+from training.results import DEFAULT_METRIC, ResultsError
 
 
 class PlotError(ResultsError):
@@ -77,7 +50,7 @@ class PlotError(ResultsError):
 
 
 # --------------------------------------------------------------------------------------------
-# Pure data functions
+# Plotting and command line
 # --------------------------------------------------------------------------------------------
 
 
@@ -90,70 +63,6 @@ def plain_text(text: str) -> str:
 def label_for(path: str) -> str:
     """Legend label of a file: its path without the `.out` suffix."""
     return plain_text(path[: -len(".out")] if path.endswith(".out") else path)
-
-
-def subsample(x: np.ndarray, frequency: int) -> np.ndarray:
-    """Keep every ``frequency``-th entry along axis 0, starting with the first."""
-    if frequency < 1:
-        raise PlotError(f"frequency must be >= 1, got {frequency}")
-    return np.asarray(x)[::frequency]
-
-
-def moving_average(x: np.ndarray, window: int) -> np.ndarray:
-    """'Valid' moving average of width ``window`` along axis 0 (N - window + 1 points).
-
-    Works for 1-D ``(N,)`` and 2-D ``(N, S)`` arrays (each column smoothed on its own).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    if window < 1:
-        raise PlotError(f"window must be >= 1, got {window}")
-    if window > x.shape[0]:
-        raise PlotError(f"window {window} is larger than the number of points {x.shape[0]}")
-    windows = np.lib.stride_tricks.sliding_window_view(x, window, axis=0)
-    return windows.mean(axis=-1)
-
-
-def curve(
-    times: np.ndarray, values: np.ndarray, window: int = 1, frequency: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Subsample, smooth and summarise one run: ``(times, mean, low, high)``."""
-    times, values = subsample(times, frequency), subsample(values, frequency)
-    if window > times.shape[0]:
-        raise PlotError(
-            f"window {window} is larger than the number of points {times.shape[0]}"
-            + (f" (after keeping every {frequency}-th evaluation)" if frequency > 1 else "")
-        )
-    smooth_times = moving_average(times, window)
-    mean, low, high = bootstrap_ci(moving_average(values, window))
-    return smooth_times, mean, low, high
-
-
-# --------------------------------------------------------------------------------------------
-# Plotting and command line
-# --------------------------------------------------------------------------------------------
-
-
-def file_curve(path: str, metric: str, window: int | Callable[[int], int] = 1, frequency: int = 1):
-    """One file's curve: `(curve(...) or None when every seed diverged, notes to report)`.
-    `window` may be a function of the number of evaluations (the Figure 4 plot's default)."""
-    metrics = load_out(path)["metrics"]
-    times, values = metric_values(path, metrics, metric)
-    values, notes = healthy_values(path, metrics, metric, values)
-    if values.shape[1] == 0:
-        return None, notes  # every seed diverged: nothing to draw (the note says so)
-    window = window(len(times)) if callable(window) else window
-    try:
-        return curve(times, values, window, frequency), notes
-    except PlotError as e:
-        raise PlotError(f"{path}: {e}") from None
-
-
-def draw_curve(ax, summary, label: str, color=None):
-    """The mean line and its 95% band on `ax`; returns the line."""
-    times, mean, low, high = summary
-    (line,) = ax.plot(times, mean, label=label, color=color)
-    ax.fill_between(times, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    return line
 
 
 def plot(
@@ -199,12 +108,6 @@ def _print_to_stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def can_show() -> bool:
-    """True when the active matplotlib backend can open a window."""
-    backend = str(matplotlib.get_backend()).lower()
-    return _has_display() and backend not in _NON_INTERACTIVE_BACKENDS
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="plot_metric.py", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -237,6 +140,7 @@ def main(argv=None) -> int:
     """Command-line entry point; returns 0, or exits with status 2 on a user error."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    select_backend()
     fig, ax = plt.subplots()
     try:
         plot(args.data, args.metric, args.window, args.frequency, ax=ax)

@@ -30,6 +30,7 @@ estimate `figure4/estimate.py` and the figure `figure4/figure.py`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -39,7 +40,7 @@ import sweep_summary
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
-from training import checkpoint, config, paths, provenance
+from training import checkpoint, config, paths, provenance, trackers
 from training.files import WriteError, make_writable_dir, write_atomic
 from training.flags import MAX_SEED, OneLineErrorParser, number
 from training.results import ResultsError
@@ -98,19 +99,19 @@ def pending_jobs(jobs: list[Job], args) -> list[Job]:
     return pending
 
 
-def run_stage(jobs: list[Job], args) -> None:
-    """Run a stage's unfinished jobs; exit status 1 when any of them failed."""
+def run_stage(jobs: list[Job], args) -> list[str]:
+    """Run a stage's unfinished jobs; returns one line per job that failed (the later stages
+    go on with what the others wrote)."""
     pending = pending_jobs(jobs, args)
     if not pending:
-        return
+        return []
     check_configs(pending)
     for job in pending:  # the config each job runs, for the record
         write_if_changed(job.config_path, plan.config_text(job.raw))
     failures = executors.run_jobs(pending, args.options, args.plan.out_dir)
     for line in failures:
         print(line, file=sys.stderr)
-    if failures:
-        sys.exit(1)
+    return failures
 
 
 def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
@@ -166,13 +167,40 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     )
 
 
+def plotted_cells(args, folder: str) -> tuple[list[str], list[str], list[str]]:
+    """The figure's agents, environments and regimes: the chosen ones and those of every cell
+    with an output under `--out-dir` (the flags choose what runs, not what the figure
+    forgets), in the figure's order."""
+    present = plan.cells_with_outputs(folder)
+    chosen = zip(
+        (AGENTS, ENVIRONMENTS, REGIMES), (args.agents, args.envs, args.regimes), strict=True
+    )
+    return tuple(
+        [name for name in names if name in wanted or any(cell[i] == name for cell in present)]
+        for i, (names, wanted) in enumerate(chosen)
+    )
+
+
 def run_plot(args) -> None:
     the_plan = args.plan
     path = os.path.join(the_plan.out_dir, "figure4.png")
     folder = plan.final_dir(the_plan.out_dir, the_plan.hyperparameters)
-    lines = figure.save_figure(path, folder, args.agents, args.envs, args.regimes, args.window)
+    agents, envs, regimes = plotted_cells(args, folder)
+    extra = [
+        f"{flag} {' '.join(sorted(set(shown) - set(wanted)))}"
+        for flag, shown, wanted in (
+            ("agents", agents, args.agents),
+            ("envs", envs, args.envs),
+            ("regimes", regimes, args.regimes),
+        )
+        if set(shown) - set(wanted)
+    ]
+    if extra:
+        print(f"plot: every finished cell under {folder} is drawn, also {'; '.join(extra)}")
+    lines = figure.save_figure(path, folder, agents, envs, regimes, args.window)
     print(f"plot: {lines} curves from {folder} -> {path}")
-    print("\n".join(figure.ranking_lines(folder, args.agents, args.envs, args.regimes)))
+    print("\n".join(figure.ranking_lines(folder, agents, envs, regimes)))
+    print("\n".join(figure.write_comparison(path, folder, agents, envs, regimes)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hyperparameters",
         choices=("table", "selected"),
         default="table",
-        help="final: the reference table's values or the select stage's",
+        help="final: the reference table's values or the select stage's (default table)",
     )
     p.add_argument(
         "--tune-seeds",
@@ -247,14 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed",
         type=number(int, 0, maximum=MAX_SEED),
         default=0,
-        help="master PRNG seed of every run",
+        help="master PRNG seed of every run (default 0)",
     )
     p.add_argument(
         "--window",
         type=number(int, 1),
         help="plot: moving average over evaluations (default 1/50 of the run)",
     )
-    p.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline")
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print the state of the jobs a driver runs or ran under --out-dir (its status "
+        "file); run nothing",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("inline", "local", "slurm"),
+        default="inline",
+        help="where jobs run: in this process, as local processes, or on SLURM (default inline)",
+    )
     p.add_argument(
         "--parallel", type=number(int, 1), default=2, help="local: jobs running at once (default 2)"
     )
@@ -264,11 +303,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"minutes per job (default: slurm {executors.SLURM_DEFAULT_MIN}, local no limit)",
     )
     p.add_argument(
-        "--gpus-per-job", type=number(int, 0), help="GPUs per job (default: slurm 1, local 0)"
+        "--gpus-per-job",
+        type=number(int, 0),
+        help="GPUs per job (default: slurm 1 where the partition has GPUs, else 0; local 0)",
     )
-    p.add_argument("--cpus-per-job", type=number(int, 1), default=8, help="slurm: CPUs per job")
-    p.add_argument("--mem-gb", type=number(float, 1), help="slurm: memory per job in GB")
-    p.add_argument("--slurm-partition", help="slurm: the partition")
+    p.add_argument(
+        "--cpus-per-job", type=number(int, 1), default=8, help="slurm: CPUs per job (default 8)"
+    )
+    p.add_argument(
+        "--mem-gb",
+        type=number(float, 1),
+        help="slurm: memory per job in GB (default: the partition's default)",
+    )
+    p.add_argument(
+        "--slurm-partition", help="slurm: the partition (default: the cluster's default one)"
+    )
     p.add_argument(
         "--slurm-array-parallelism",
         type=number(int, 1),
@@ -280,7 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=number(int, 1),
         default=300,
         help="slurm: seconds before a job's time limit that SLURM warns it, so that it "
-        "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes)",
+        "checkpoints at its chunk's end and is requeued (default 300; more than a chunk takes, "
+        "less than --time)",
+    )
+    p.add_argument(
+        "--retries",
+        type=number(int, 0),
+        default=executors.DEFAULT_RETRIES,
+        help="local, slurm: times a cell's job is submitted again after ending with no new "
+        f"checkpoint (default {executors.DEFAULT_RETRIES}); one that made progress is resumed "
+        "regardless",
     )
     p.add_argument(
         "--poll",
@@ -300,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="resume runs from checkpoints of another version of the code, its libraries or "
         "another kind of device",
     )
+    trackers.add_flags(p)  # every job's curves live, under its stage and cell
     return p
 
 
@@ -314,6 +373,10 @@ def resolve(args) -> argparse.Namespace:
         "signal_delay",
     )
     defaults = build_parser().parse_args([])
+    if error := trackers.flag_error(args):
+        raise UserError(error)
+    if args.tensorboard:  # the jobs' working folder is not the driver's
+        args.tensorboard = os.path.abspath(args.tensorboard)
     for name in slurm_only:
         if args.executor != "slurm" and getattr(args, name) != getattr(defaults, name):
             raise UserError(f"--{name.replace('_', '-')}: only with --executor slurm")
@@ -332,7 +395,7 @@ def resolve(args) -> argparse.Namespace:
         if len(set(values)) < len(values):
             raise UserError(f"--{flag}: a value is given twice")
     out_dir = os.path.abspath(args.out_dir or preset.out_dir)
-    if not args.estimate:
+    if not args.estimate and not args.status:
         check_out_dir(out_dir)
     the_plan = Plan(
         out_dir=out_dir,
@@ -356,7 +419,11 @@ def resolve(args) -> argparse.Namespace:
         args.signal_delay,
         args.poll or (30.0 if args.executor == "slurm" else 1.0),
         args.accept_version_change,
+        args.retries,
+        trackers.from_flags(args),
     )
+    if args.executor == "slurm" and {"tune", "final"} & set(args.stage) and not args.status:
+        options = executors.fit_to_cluster(options)  # before anything is submitted
     stages = [stage for stage in STAGES if stage in args.stage]
     cells = {
         "agents": args.agents or list(plan.TABLE),
@@ -398,32 +465,46 @@ def check_selected(cells: list[Cell], the_plan: Plan) -> None:
             )
 
 
-def run(args) -> None:
+def run(args) -> int:
+    """Run the chosen stages; returns the exit status: 1 when a job failed (every stage still
+    ran, with what the other jobs wrote)."""
     cells, the_plan = chosen_cells(args), args.plan
     if args.estimate:
         estimate.run_estimate(cells, the_plan)
-        return
-    for stage in args.stages:
-        if stage == "tune":
-            run_stage([plan.tune_job(cell, the_plan) for cell in cells], args)
-        elif stage == "select":
-            for cell in cells:
-                print("select " + select_cell(cell, the_plan, args.other_versions), flush=True)
-        elif stage == "final":
-            if the_plan.hyperparameters == "selected":
-                check_selected(cells, the_plan)
-            run_stage([plan.final_job(cell, the_plan) for cell in cells], args)
-        else:
-            run_plot(args)
+        return 0
+    if args.status:
+        print("\n".join(executors.status_lines(the_plan.out_dir)))
+        return 0
+    failures = []
+    # One driver at a time submits jobs and writes selections; a plot only reads, so it may
+    # be drawn while a driver works.
+    writes = any(stage != "plot" for stage in args.stages)
+    lock = executors.driver_lock(the_plan.out_dir) if writes else contextlib.nullcontext()
+    with lock:
+        for stage in args.stages:
+            if stage == "tune":
+                failures += run_stage([plan.tune_job(cell, the_plan) for cell in cells], args)
+            elif stage == "select":
+                for cell in cells:
+                    print("select " + select_cell(cell, the_plan, args.other_versions), flush=True)
+            elif stage == "final":
+                if the_plan.hyperparameters == "selected":
+                    check_selected(cells, the_plan)
+                failures += run_stage([plan.final_job(cell, the_plan) for cell in cells], args)
+            else:
+                run_plot(args)
+    if failures:
+        print(f"{PROG}: {len(failures)} jobs failed (above); the rest is done", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        run(resolve(parser.parse_args(argv)))
-    except UserError as error:
+        return run(resolve(parser.parse_args(argv)))
+    except (UserError, executors.RequestError) as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
-    except executors.SchedulerError as error:
+    except executors.LockedError as error:
         parser.exit(1, f"{PROG}: {error}\n")
     except WriteError as error:  # a full disk, a lost mount: what was written before stays
         parser.exit(1, f"{PROG}: cannot write {error.filename}: {error.strerror}\n")
@@ -431,7 +512,6 @@ def main(argv=None) -> int:
         parser.exit(128 + stopped.signum, f"{PROG}: {stopped}\n")
     except KeyboardInterrupt:  # Ctrl-C between stages
         parser.exit(128 + signal.SIGINT, f"{PROG}: interrupted; run the same command to go on\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,18 +16,22 @@ axes: a note names those that differ.
 
 Score of a point: for each seed, the mean of the metric over all evaluations (the area under
 its learning curve divided by its length); the point's score is the mean over seeds, with a 95%
-percentile-bootstrap interval over seeds (`results.bootstrap_ci`, fixed RNG seed, so the
-output is deterministic). Seeds that diverged (the file's ``'diverged'`` record) stay in the
-score, since their returns are what the agent achieved, but are counted in the table.
+percentile-bootstrap interval over seeds (`scoring.bootstrap_ci`, fixed RNG seed, so the output
+is deterministic). Beside it, as "Deep RL at the edge of the statistical precipice" (Agarwal et
+al., 2021) recommends: the interquartile mean (IQM) of the seeds' scores and the probability
+that a seed of the best point scores better than a seed of this one, P(best better), each with
+its 95% bootstrap interval (`scoring.py`); a P(best better) near 0.5 means the grid does not
+tell the two apart. Seeds that diverged (the file's ``'diverged'`` record) stay in the score,
+since their returns are what the agent achieved, but are counted in the table.
 
 Output: a table ranked best first (highest score, or lowest with ``--minimize`` for losses),
 the best point, and a warning when the best value of an axis is the smallest or largest value
 tried. With two axes a heat map of the score is saved, with one axis a line plot; the default
 path is the files' common name prefix + ``_summary.png`` (``ER_summary.png``).
 
-The files are read, and scored with the 95% bootstrap interval, by the `.out` format's own
-module (`training/results.py`); like `plot_metric.py` this imports no jax, and opens a window
-only when a display exists and ``--no-show`` is not given.
+The files are read by the `.out` format's own module (`training/results.py`) and scored by
+`scoring.py`; like `plot_metric.py` this imports no jax, and opens a window only when a display
+exists and ``--no-show`` is not given (`curves.select_backend`, called in `main`).
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ import itertools
 import numbers
 import os
 import sys
-from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-import plot_metric  # selects the Agg backend when there is no display
-from training import results
+import scoring
+from curves import can_show, select_backend
+from scoring import Point, Run, load_run, number_format, rank, score_point
 from training.files import save_png_atomic
 from training.flags import OneLineErrorParser
 from training.results import DEFAULT_METRIC, ResultsError
@@ -58,50 +62,9 @@ class SweepError(ResultsError):
     """A user-facing error: one line on stderr, exit status 2."""
 
 
-@dataclass(frozen=True)
-class Run:
-    """One `.out` file reduced to what ranking needs."""
-
-    path: str
-    config: dict
-    seed_scores: np.ndarray  # (S,): each seed's metric averaged over evaluations
-    diverged: np.ndarray | None  # (S,) bool, or None when the file has no 'diverged' record
-    num_evaluations: int
-
-
-@dataclass(frozen=True)
-class Point:
-    """A scored grid point."""
-
-    path: str
-    coords: tuple  # the point's value on each axis, in axis order
-    score: float
-    low: float
-    high: float
-    num_seeds: int  # seeds with a finite score: those in the mean
-    total_seeds: int
-    num_diverged: int | None  # None: the file does not record divergence
-
-
 # --------------------------------------------------------------------------------------------
 # Loading and finding the grid
 # --------------------------------------------------------------------------------------------
-
-
-def load_run(path: str, metric: str = DEFAULT_METRIC) -> Run:
-    """Load one `.out` file: its config as a dict and each seed's mean metric."""
-    data = results.load_out(path)
-    config = results.out_config(data)
-    if not config:
-        raise SweepError(f"{path} has no config (expected a SimpleNamespace under 'config')")
-    metrics = data["metrics"]
-    _, values = results.metric_values(path, metrics, metric)
-    with np.errstate(invalid="ignore"):  # +inf and -inf in one seed: NaN, left out later
-        seed_scores = values.mean(axis=0)
-    diverged = None
-    if results.DIVERGED_KEY in metrics:
-        diverged = results.diverged_seeds(path, metrics, values.shape[1])
-    return Run(path, config, seed_scores, diverged, values.shape[0])
 
 
 def find_axes(runs: list[Run]) -> list[str]:
@@ -213,36 +176,6 @@ def _set_ticks(axis, positions, values) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def score_point(run: Run, axes: list[str]) -> Point:
-    """Mean over seeds of the seeds' scores, with plot_metric's 95% bootstrap interval.
-
-    Seeds whose score is NaN or infinite cannot be averaged: they are left out of this mean
-    (and counted in ``num_seeds``); diverged seeds with finite returns stay in.
-    """
-    finite = run.seed_scores[np.isfinite(run.seed_scores)]
-    if finite.size:
-        score, low, high = (float(x) for x in results.bootstrap_ci(finite))
-    else:
-        score = low = high = float("nan")
-    num_diverged = None if run.diverged is None else int(np.count_nonzero(run.diverged))
-    return Point(
-        path=run.path,
-        coords=tuple(run.config[a] for a in axes),
-        score=score,
-        low=low,
-        high=high,
-        num_seeds=int(finite.size),
-        total_seeds=int(run.seed_scores.size),
-        num_diverged=num_diverged,
-    )
-
-
-def rank(points: list[Point], minimize: bool = False) -> list[Point]:
-    """Best first; points without a finite score last; ties keep the file order."""
-    sign = 1.0 if minimize else -1.0
-    return sorted(points, key=lambda p: (not np.isfinite(p.score), sign * np.nan_to_num(p.score)))
-
-
 def edge_warnings(best: Point, runs: list[Run], axes: list[str]) -> list[str]:
     """One warning per axis on which the best point sits at the smallest or largest value."""
     warnings = []
@@ -284,40 +217,73 @@ def uneven_evaluations_warning(runs: list[Run]) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def number_format(points: list[Point]) -> str:
-    """A fixed-decimals format giving the largest score 3 significant digits (-12.3, 0.0123)."""
-    finite = [abs(x) for p in points for x in (p.score, p.low, p.high) if np.isfinite(x)]
-    largest = max(finite, default=0.0)
-    if largest == 0.0:
-        return "{:.3f}"
-    decimals = max(0, 2 - int(np.floor(np.log10(largest))))
-    return f"{{:.{decimals}f}}"
+def against_best(runs: list[Run], ranked: list[Point], minimize: bool = False) -> dict:
+    """Per point (by path): the interquartile mean of its seeds' scores, and the probability
+    that a seed of the best point scores better than one of this point (`scoring`'s statistics,
+    each with its 95% bootstrap interval; None for the best point itself)."""
+    scores = {run.path: run.finite_scores for run in runs}
+    best = scores[ranked[0].path]
+    sign = -1.0 if minimize else 1.0  # lower is better: compare the negated scores
+    found = {}
+    for p in ranked:
+        own = scores[p.path]
+        # as many resamples as the score's interval: a 110-point grid in seconds
+        iqm = scoring.mean_and_iqm([own], scoring.NUM_BOOTSTRAP)[1] if own.size else None
+        vs = None
+        if p.path != ranked[0].path and own.size and best.size:
+            vs = scoring.improvement([(sign * best, sign * own)], scoring.NUM_BOOTSTRAP)
+        found[p.path] = (iqm, vs)
+    return found
 
 
-def format_table(ranked: list[Point], axes: list[str]) -> str:
-    """The ranking as aligned text columns: rank, axis values, score, interval, seeds, diverged."""
+def format_table(
+    ranked: list[Point], axes: list[str], runs: list[Run] | None = None, minimize: bool = False
+) -> str:
+    """The ranking as aligned text columns: rank, axis values, score and its interval, with
+    `runs` also the IQM and its interval and P(best better) (`against_best`), seeds, diverged."""
     fmt = number_format(ranked)
-    header = ["rank", *axes, "score", "95% interval", "seeds", "diverged"]
+    compared = against_best(runs, ranked, minimize) if runs else {}
+    header = ["rank", *axes, "score", "95% interval"]
+    header += ["IQM", "95% interval", "P(best better) [95%]"] if compared else []
+    header += ["seeds", "diverged"]
     rows = [header]
     for i, p in enumerate(ranked, start=1):
         seeds = (
             str(p.num_seeds) if p.num_seeds == p.total_seeds else f"{p.num_seeds}/{p.total_seeds}"
         )
-        rows.append(
-            [
-                str(i),
-                *(format_value(v) for v in p.coords),
-                fmt.format(p.score),
-                f"[{fmt.format(p.low)}, {fmt.format(p.high)}]",
-                seeds,
-                "n/a" if p.num_diverged is None else str(p.num_diverged),
-            ]
-        )
+        cells = [
+            str(i),
+            *(format_value(v) for v in p.coords),
+            fmt.format(p.score),
+            f"[{fmt.format(p.low)}, {fmt.format(p.high)}]",
+        ]
+        if compared:
+            iqm, vs = compared[p.path]
+            cells += _iqm_cells(iqm, fmt) + [_probability_cell(vs, i == 1)]
+        cells += [seeds, "n/a" if p.num_diverged is None else str(p.num_diverged)]
+        rows.append(cells)
     widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
     return "\n".join(
         "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def _iqm_cells(iqm: scoring.Estimate | None, fmt: str) -> list[str]:
+    if iqm is None:
+        return ["nan", ""]
+    if not np.isfinite(iqm.low):  # one seed: nothing to resample
+        return [fmt.format(iqm.value), "n/a"]
+    return [fmt.format(iqm.value), f"[{fmt.format(iqm.low)}, {fmt.format(iqm.high)}]"]
+
+
+def _probability_cell(vs: scoring.Estimate | None, is_best: bool) -> str:
+    if is_best:
+        return "(best)"
+    if vs is None:
+        return "n/a"
+    interval = f"[{vs.low:.2f}, {vs.high:.2f}]" if np.isfinite(vs.low) else "[n/a]"
+    return f"{vs.value:.2f} {interval}"
 
 
 def best_line(best: Point, axes: list[str], fmt: str) -> str:
@@ -327,9 +293,14 @@ def best_line(best: Point, axes: list[str], fmt: str) -> str:
     return f"best: {where + ' ' if where else ''}{summary} ({best.path})"
 
 
-def report_lines(runs: list[Run], axes: list[str], ranked: list[Point]) -> list[str]:
+def report_lines(
+    runs: list[Run], axes: list[str], ranked: list[Point], minimize: bool = False
+) -> list[str]:
     """Everything printed to stdout, in order: table, best point, warnings, missing points."""
-    lines = [format_table(ranked, axes), best_line(ranked[0], axes, number_format(ranked))]
+    lines = [
+        format_table(ranked, axes, runs, minimize),
+        best_line(ranked[0], axes, number_format(ranked)),
+    ]
     lines += edge_warnings(ranked[0], runs, axes) if np.isfinite(ranked[0].score) else []
     for p in ranked:
         if p.num_seeds < p.total_seeds:
@@ -536,11 +507,12 @@ def main(argv=None) -> int:
     """Command-line entry point; returns 0, or exits with status 2 on a user error."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    select_backend()
     try:
         runs, axes, ranked = summarise(args.data, args.metric, args.minimize)
     except ResultsError as e:
         parser.exit(2, f"{PROG}: error: {e}\n")
-    print("\n".join(report_lines(runs, axes, ranked)))
+    print("\n".join(report_lines(runs, axes, ranked, args.minimize)))
     fig = draw(ranked, runs, axes, ranked[0], args.metric)
     if fig is None:
         kind = "a 1-point grid" if not axes else f"{len(axes)} axes ({', '.join(axes)})"
@@ -554,7 +526,7 @@ def main(argv=None) -> int:
         plt.close(fig)
         parser.exit(2, f"{PROG}: error: {e}\n")
     print(f"saved {path}")
-    if not args.no_show and plot_metric.can_show():
+    if not args.no_show and can_show():
         plt.show()
     plt.close(fig)
     return 0

@@ -284,6 +284,13 @@ def final_job(cell: Cell, plan: Plan) -> Job:
     return Job("final", cell, raw, {}, prefix + ".json", prefix, (output,))
 
 
+def cells_with_outputs(folder: str) -> list[Cell]:
+    """The cells with a final `.out` in `folder`, in the figure's order."""
+    return [
+        cell for cell in all_cells() if os.path.exists(os.path.join(folder, f"{cell.name}.out"))
+    ]
+
+
 FINISHED, UNFINISHED, OTHER_VERSION = "finished", "unfinished", "another version"
 
 

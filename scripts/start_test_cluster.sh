@@ -142,8 +142,10 @@ MessageTimeout=10
 SlurmdTimeout=60
 SlurmctldTimeout=60
 
+# Up to 4 jobs share a CPU: the tests' jobs mostly sleep (tests/slurm_jobs.py), so they run side
+# by side instead of queueing behind each other on 2 CPUs.
 NodeName=$HOST NodeAddr=127.0.0.1 NodeHostname=$HOST CPUs=$NCPU RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE DefaultTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=$PARTITION Nodes=$HOST Default=YES MaxTime=INFINITE DefaultTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
 
 CONF_CHANGED=

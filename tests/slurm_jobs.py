@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
+
+import slurm_scenarios
 
 from figure4 import executors
 from training import experiment
@@ -49,6 +52,58 @@ class SlowTrainingJob(executors.TrainingJob):
         return super().__call__(*args, **kwargs)
 
 
+class FaultyTrainingJob(executors.TrainingJob):
+    """`TrainingJob` with the faults a cluster brings, for the driver's tests: its run sleeps
+    `pause` seconds after each chunk; once SLURM has warned it (SIGUSR2), the chunk it is in
+    takes `stall` seconds more (a chunk longer than the warning); and a cell named in `deaths`
+    kills itself with SIGKILL on that many first tries, before any checkpoint (counted in
+    `<prefix>.tries`)."""
+
+    def __init__(self, pause: float = 0.0, stall: float = 0.0, deaths: dict | None = None):
+        self.pause, self.stall, self.deaths = pause, stall, deaths or {}
+
+    def __call__(self, agent, raw, prefix, *args, **kwargs):
+        tries = count_try(prefix + ".tries")
+        if tries <= self.deaths.get(os.path.basename(prefix), 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+        show, record, handle = (
+            experiment.show_progress,
+            experiment.record_evaluation,
+            experiment.StopSignals._handle,
+        )
+        warned = []
+
+        def show_then_wait(*a, **k):
+            show(*a, **k)
+            time.sleep(self.pause)
+
+        def record_then_stall(*a, **k):
+            if warned:
+                time.sleep(self.stall)
+            record(*a, **k)
+
+        def note_warning(stop, signum, frame):
+            warned.append(signum)
+            handle(stop, signum, frame)
+
+        experiment.show_progress = show_then_wait
+        experiment.record_evaluation = record_then_stall
+        experiment.StopSignals._handle = note_warning
+        return super().__call__(agent, raw, prefix, *args, **kwargs)
+
+
+def count_try(path: str) -> int:
+    """This try's number (1 for the first), counted in `path`."""
+    try:
+        with open(path) as f:
+            tries = int(f.read() or 0) + 1
+    except FileNotFoundError:
+        tries = 1
+    with open(path, "w") as f:
+        f.write(str(tries))
+    return tries
+
+
 def options(minutes: int | None = None, signal_delay: int = 5) -> executors.Options:
     """SLURM options for the test cluster: no GPUs, one CPU per job (two jobs at once)."""
     return executors.Options("slurm", 0, 1, minutes, 0, 1, None, None, 4, signal_delay, 2.0, False)
@@ -71,14 +126,18 @@ def wait_for_result(handle, timeout: float):
     return handle.result()
 
 
-def start_background(raw: dict) -> None:
-    """Submit the time-limit test's job, if a cluster answers (see `conftest.py`)."""
+def start_background(raw: dict, tests: set[str] | None = None) -> None:
+    """Submit the time-limit test's job and start the driver's scenarios
+    (`slurm_scenarios.py`) of the selected `tests` (all without a selection), if a cluster
+    answers (see `conftest.py`)."""
     if not cluster_answers():
         return
-    folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
-    prefix = os.path.join(folder, "run")
-    handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
-    BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+    if tests is None or "test_a_job_three_times_its_time_limit_finishes_through_requeues" in tests:
+        folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
+        prefix = os.path.join(folder, "run")
+        handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
+        BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+    slurm_scenarios.start(tests)
 
 
 def background_job():
@@ -87,10 +146,11 @@ def background_job():
 
 
 def cancel_background() -> None:
-    """A background job still queued when the session ends (a test selection that skipped its
-    test) is cancelled, not left to run."""
+    """A background job or scenario still running when the session ends (a test selection that
+    skipped its test) is stopped, not left to run."""
     if BACKGROUND and not BACKGROUND["handle"].paths.result_pickle.exists():
         subprocess.run(["scancel", BACKGROUND["handle"].job_id], check=False)
+    slurm_scenarios.stop()
 
 
 def read_records(out_dir) -> dict:

@@ -6,25 +6,6 @@ import os
 import numpy as np
 
 import benchmark
-from training import measure
-
-TINY = {"num_hidden_units": 10, "num_hidden_layers": 2, "batch_size": 4}
-
-
-def test_er_flops_per_step_counted_from_layer_sizes():
-    q = 2 * (6 * 10 + 10 * 10 + 10 * 3)  # one Q forward: obs 6 -> 10 -> 10 -> 3 actions
-    # acting (1 forward) + one update on 4 samples: forward+backward (3x) and the target (1x)
-    assert measure.flops_per_step("ER", TINY, obs_size=6, num_actions=3) == q + 4 * 4 * q
-    double = measure.flops_per_step("ER", {**TINY, "double_DQN": True}, 6, 3)
-    assert double == q + 4 * 5 * q
-    two_updates = measure.flops_per_step("ER", {**TINY, "updates_per_step": 2}, 6, 3)
-    assert two_updates == q + 2 * 4 * 4 * q
-
-
-def test_perfect_model_flops_add_the_rollout_forwards():
-    q = 2 * (6 * 10 + 10 * 10 + 10 * 3)
-    cfg = {**TINY, "rollout_length": 5}
-    assert measure.flops_per_step("perfect_model", cfg, 6, 3) == q + 4 * 5 * q + 4 * 5 * 4 * q
 
 
 def test_markdown_row_compares_with_the_reference():

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, tiny_config
+from helpers import ROOT, SCRIPTS, definition, load_pickle, tiny_config
 
 from training import checkpoint, config, schema
 
@@ -69,7 +69,7 @@ CASES = {
     "ER": {"alpha_adam": [1e-3, 3e-3]},
     "perfect_model": {},
     "simple_model": {},
-    "latent_model": {},
+    "categorical_latent": {},
 }
 
 
@@ -123,7 +123,11 @@ PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
 
 def small_checkpoint(tmp_path):
     """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2."""
-    cfg = {**config.validate_config(tiny_config("ER"), "ER"), "agent_type": "ER", "seed": 0}
+    cfg = {
+        **config.validate_config(tiny_config("ER"), definition("ER")),
+        "agent_type": "ER",
+        "seed": 0,
+    }
     state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
@@ -171,7 +175,11 @@ def test_resuming_with_another_config_names_the_difference(tmp_path, change, exp
 
 
 def test_a_checkpoint_from_before_a_key_existed_resumes_at_its_default_only(tmp_path):
-    older = {**config.validate_config(tiny_config("ER"), "ER"), "agent_type": "ER", "seed": 0}
+    older = {
+        **config.validate_config(tiny_config("ER"), definition("ER")),
+        "agent_type": "ER",
+        "seed": 0,
+    }
     del older["matmul_precision"]  # as written before the key existed
     state = {"w": np.zeros((1, 2, 3), np.float32)}
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)

@@ -133,11 +133,19 @@ def test_every_section_sign_names_its_document():
 # --------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def made_by_tests() -> str:
+    """The tests' source, minus this file: a worked example's file that a test writes (the
+    README's new agent, say) is named there."""
+    own = Path(__file__).resolve()
+    return "\n".join(p.read_text() for p in sorted((ROOT / "tests").rglob("*.py")) if p != own)
+
+
 def _resolves(named: str, citing: Path) -> bool:
     """A bare file name (or pattern, `train_*.py`) that some file of the repository has, or a
-    path from the repository root or from the citing file's folder."""
-    if "<" in named:  # a template, such as `train_<agent>.py`
-        return True
+    path from the repository root or from the citing file's folder, or a file a test writes."""
+    if "<" in named or ("/" not in named and f'"{named}"' in made_by_tests()):
+        return True  # a template, such as `train_<agent>.py`, or a file a test makes
     if "/" not in named:
         return any(rel.match(named) for rel in repository_files())
     targets = {os.path.normpath(base / named) for base in (Path(), citing.parent)}
@@ -211,11 +219,11 @@ def stale_pointer(named: str) -> str | None:
 
 
 def test_stale_pointer_finds_what_moved():
-    assert stale_pointer("results.bootstrap_ci") is None
+    assert stale_pointer("scoring.bootstrap_ci") is None
     assert stale_pointer("training.loop.env_step") is None
     assert stale_pointer("figure4/plan.TABLE") is None
     assert stale_pointer("experiment.run(cfg)") is None
-    assert stale_pointer("plot_metric.bootstrap_ci")  # imported there, defined in results
+    assert stale_pointer("plot_metric.bootstrap_ci")  # used by way of curves, defined in scoring
     assert stale_pointer("jax.vmap") is None and stale_pointer("configs/ER.json") is None
     assert stale_pointer("training/") is None
 

@@ -16,7 +16,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import QUICK_PIPELINE, ROOT, run_quick_driver, tiny_config
+from helpers import QUICK_PIPELINE, ROOT, definition, run_quick_driver, tiny_config
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
@@ -196,10 +196,10 @@ def test_every_stage_config_validates_full_and_quick():
     for quick in (False, True):
         the_plan = r4.resolve(r4.build_parser().parse_args(["--quick"] if quick else [])).plan
         for cell in f4.all_cells():
-            agent_type = AGENTS[cell.agent].agent_type
-            config.validate_config(load_json(f4.config_path(cell)), agent_type)
+            definition = AGENTS[cell.agent].definition
+            config.validate_config(load_json(f4.config_path(cell)), definition)
             for job in (f4.tune_job(cell, the_plan), f4.final_job(cell, the_plan)):
-                config.validate_config(job.raw, agent_type)
+                config.validate_config(job.raw, definition)
             assert len(f4.tune_job(cell, the_plan).outputs) == (4 if quick else 110)
 
 
@@ -233,7 +233,7 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
     assert str(out / "tune" / "ER_ProcMaze_low_alpha_adam=0.0008_softmax_temp=0.1.out") in tune_outs
     for regime in ("high", "low"):
         selected = load_json(out / "selected" / f"ER_ProcMaze_{regime}.json")
-        cfg = config.validate_config(selected, "ER")
+        cfg = config.validate_config(selected, definition("ER"))
         assert cfg["alpha_adam"] in PRESETS["quick"].step_sizes
         assert cfg["softmax_temp"] in PRESETS["quick"].temperatures
         assert cfg["num_seeds"] == 30  # the real-size config; final shrinks it under --quick
@@ -267,6 +267,7 @@ def test_quick_pipeline_all_stages_then_skips_finished(tmp_path, quick_pipeline,
 def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache):
     out = tmp_path / "local"
     flags = ["--stage", "final", "--executor", "local", "--parallel", "2", "--out-dir", str(out)]
+    flags += ["--tensorboard", str(tmp_path / "tb")]  # the jobs' curves, under stage and cell
     process, _ = run_quick_driver(*flags, cache_dir=driver_cache)
     # Both cells went to submitit in one submission, each its own process (job id = its pid).
     assert "ER_ProcMaze_high, ER_ProcMaze_low" in process.stdout
@@ -279,6 +280,8 @@ def test_local_executor_runs_cells_in_parallel_processes(tmp_path, driver_cache)
         record = load_out(out / "final" / f"ER_ProcMaze_{regime}.out")
         assert len(record["metrics"]["eval_times"]) == 10
         assert record["config"].num_seeds == 2
+        runs = sorted(os.listdir(tmp_path / "tb" / "final" / f"ER_ProcMaze_{regime}"))
+        assert runs == ["mean", "seed_0", "seed_1"]
 
 
 def test_slurm_executor_parameters(tmp_path, monkeypatch):
@@ -289,6 +292,8 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     for name in ("srun", "sbatch"):
         (fake_bin / name).write_text("#!/bin/sh\nexit 0\n")
         (fake_bin / name).chmod(0o755)
+    (fake_bin / "sinfo").write_text("#!/bin/sh\necho 'gpu|16|128000|gpu:4|2-00:00:00'\n")
+    (fake_bin / "sinfo").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     flags = ["--executor", "slurm", "--slurm-partition", "gpu", "--time", "90"]
@@ -312,7 +317,7 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
 
 
 class ResultLater:
-    """A SLURM job's handle (what `executors.wait` reads) whose result is written later."""
+    """A SLURM job's handle (what `executors.watch_jobs` reads) whose result is written later."""
 
     def __init__(self, folder, job_id="7"):
         self.job_id = job_id
@@ -345,28 +350,38 @@ def test_a_silent_squeue_is_waited_out_not_taken_for_failed_jobs(tmp_path, monke
     silent_squeue(tmp_path, monkeypatch)
     job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
     handle = ResultLater(tmp_path)
-    # many looks (GONE_POLLS would fail a job SLURM no longer listed) before the result lands
+    # many looks (a job SLURM no longer listed would have ended) before the result lands
     threading.Timer(1.0, handle.paths.result_pickle.write_bytes, [b""]).start()
-    assert executors.wait([(job, handle)], slurm_options(tmp_path)) == []
+    watches = {job.prefix: executors.Watch(job, handle, 0)}
+    options = slurm_options(tmp_path)
+    assert executors.watch_jobs([job], watches, [], options, str(tmp_path)) == []
     assert capsys.readouterr().out.splitlines() == [
         "squeue: slurm_load_jobs error: Socket timed out on send/recv operation; waiting for it "
         "to answer",
+        "final: 0 done, 0 running, 1 pending, 0 failed; 0.0 steps/s summed over running jobs",
         "final ER_ProcMaze_high: done",
+        "final: 1 done, 0 running, 0 pending, 0 failed; 0.0 steps/s summed over running jobs",
     ]
 
 
-def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, monkeypatch):
+def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, monkeypatch, capsys):
+    """It waits for squeue to answer (submitting could run a job twice), then watches the job
+    an earlier driver submitted."""
     silent_squeue(tmp_path, monkeypatch)
     job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
     path = executors.records_path(str(tmp_path), "final")
     executors.write_records(path, {job.prefix: {"job_id": "7", "folder": str(tmp_path)}})
-    with pytest.raises(executors.SchedulerError) as info:
-        executors.reattach([job], slurm_options(tmp_path), str(tmp_path))
-    assert str(info.value) == (
-        "final: cannot tell whether the jobs an earlier driver submitted still run (squeue: "
-        "slurm_load_jobs error: Socket timed out on send/recv operation); run the same command "
-        "again when squeue answers"
-    )
+    answering = "#!/bin/sh\necho '7|RUNNING|2026-12-03T11:00:00'\n"
+    squeue = tmp_path / "bin" / "squeue"
+    threading.Timer(1.0, squeue.write_text, [answering]).start()
+    watches, to_submit = executors.reattach([job], slurm_options(tmp_path), str(tmp_path))
+    assert to_submit == [] and watches[job.prefix].handle.job_id == "7"
+    assert capsys.readouterr().out.splitlines() == [
+        "squeue: slurm_load_jobs error: Socket timed out on send/recv operation; waiting for it "
+        "to answer before submitting",
+        "final ER_ProcMaze_high: job 7 of an earlier driver is RUNNING: watching it, not "
+        "submitting it again",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +527,7 @@ def test_outputs_of_another_version_are_listed_not_counted(tmp_path, capsys):
     cell = Cell("ER", "ProcMaze", "high")
     output = f4.final_job(cell, quick_plan(tmp_path)).outputs[0]
     raw = {key: value for key, value in output.expected.items() if key != "seed"}
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, definition("ER"))
     evaluations = cfg["num_steps"] // cfg["eval_frequency"]
     history = {"reward_rates": [np.zeros((1, 2), np.float32)] * evaluations}
     record = results.out_record(
@@ -600,7 +615,7 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
         os.kill(int(folder), 0)  # the job's controller is gone, and with it the run
     log = (tmp_path / "logs" / "final" / folder / f"{folder}_0_log.err").read_text()
     assert "stopped by SIGTERM at step" in log
-    setup = experiment.prepare("ER", AGENTS["ER"].build_agent, raw)
+    setup = experiment.prepare(AGENTS["ER"].definition, raw)
     restored = checkpoint.load(prefix + ".ckpt", setup.cfg, setup.shapes, setup.provenance)
     assert 0 < restored.progress.chunks_done < 400
 

@@ -12,10 +12,10 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SCRIPTS, tiny_config
+from helpers import ROOT, SCRIPTS, definition, load_pickle, tiny_config
 
 import train_ER_DQN
-from training import compilation, config, experiment, files, results
+from training import cli, compilation, config, experiment, files, results
 
 FAST = {"training_start_time": 0, "save_params": True}
 
@@ -26,7 +26,7 @@ def main_er(tmp_path, capsys, raw: dict, *flags) -> tuple[int, list[str]]:
     path.write_text(json.dumps(raw))
     code = 0
     try:
-        experiment.main("ER", train_ER_DQN.build_agent, [f"--config={path}", "--quiet", *flags])
+        cli.main(train_ER_DQN.DEFINITION, [f"--config={path}", "--quiet", *flags])
     except SystemExit as exit:
         code = exit.code
     return code, capsys.readouterr().err.strip().splitlines()
@@ -63,12 +63,14 @@ def test_a_folder_where_a_file_goes_is_one_line_before_compiling(
 
 
 def test_configs_that_cannot_do_what_they_say_are_warned_about(tmp_path, capsys):
-    cfg = config.validate_config(tiny_config("ER", training_start_time=200, buffer_size=16), "ER")
+    cfg = config.validate_config(
+        tiny_config("ER", training_start_time=200, buffer_size=16), definition("ER")
+    )
     assert config.warnings(cfg) == [
         "warning: training_start_time 200 >= num_steps 200: no update will ever run",
         "warning: buffer_size 16 < batch_size 32: every batch draws the same items several times",
     ]
-    assert config.warnings(config.validate_config(tiny_config("ER"), "ER")) == []
+    assert config.warnings(config.validate_config(tiny_config("ER"), definition("ER"))) == []
     raw = tiny_config("ER", num_steps=50, training_start_time=50, save_params=False)
     code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
     assert code == 0 and lines == [
@@ -81,20 +83,20 @@ def test_a_finished_run_resumed_without_its_out_writes_it_again(tmp_path):
     byte, without training again."""
     raw = tiny_config("ER", **FAST)
     prefix = str(tmp_path / "run")
-    spec = experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, quiet=True)
+    spec = experiment.run(train_ER_DQN.DEFINITION, raw, prefix, quiet=True)
     original = (tmp_path / "run.out").read_bytes()
     for damage in (lambda p: p.unlink(), lambda p: p.write_bytes(original[:100])):
         damage(tmp_path / "run.out")
         with contextlib.suppress(results.ResultsError):  # lost or cut short
             assert len(results.load_out(prefix + ".out")["metrics"]["eval_times"]) < 4
-        again = experiment.run("ER", train_ER_DQN.build_agent, raw, prefix, resume=True, quiet=True)
+        again = experiment.run(train_ER_DQN.DEFINITION, raw, prefix, resume=True, quiet=True)
         assert again.chunks_run == 0 and again.outs == spec.outs
         assert (tmp_path / "run.out").read_bytes() == original
 
 
 def test_out_records_what_produced_it(tmp_path):
     raw = tiny_config("ER", num_steps=50, **FAST)
-    written = experiment.run("ER", train_ER_DQN.build_agent, raw, str(tmp_path / "r"), quiet=True)
+    written = experiment.run(train_ER_DQN.DEFINITION, raw, str(tmp_path / "r"), quiet=True)
     produced_by = results.load_out(written.outs[0])["provenance"]
     assert set(produced_by) == {"project", "jax", "jaxlib", "haiku", "optax", "device"}
     assert produced_by["device"] == "cpu" and len(produced_by["project"]) == 16
@@ -235,7 +237,7 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     """Memory enough for the state and the metrics, not for what XLA says the compiled loop
     needs beside them: one line after compiling, before anything runs or is written."""
     raw = tiny_config("ER", **FAST)
-    setup = experiment.prepare("ER", train_ER_DQN.build_agent, raw)
+    setup = experiment.prepare(train_ER_DQN.DEFINITION, raw)
     state = compilation.training_state_bytes(setup.shapes)[0]
     just_enough = state + setup.metrics + setup.evaluation + 1  # the evaluation fits too
     monkeypatch.setattr(compilation, "available_memory", lambda devices: (just_enough, "a test"))
@@ -247,3 +249,12 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     )
     assert not (tmp_path / "run.out").exists() and not (tmp_path / "run.ckpt").exists()
     assert compilation.metrics_bytes(10, 2, 3, 2) == 2 * 10 * 2 * 3 * (4 * 3 + 1)
+
+
+def test_output_files_get_ordinary_permissions(tmp_path):
+    """Written through a temporary file, yet readable like any new file (not mkstemp's 0600)."""
+    path = tmp_path / "run.out"
+    files.write_pickle_atomic(str(path), {"metrics": {}})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~files._UMASK
+    assert load_pickle(str(path)) == {"metrics": {}}
+    assert os.listdir(tmp_path) == ["run.out"]  # no temporary file left behind

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, SCRIPTS, load_pickle, run_tool, tiny_config
+from helpers import ROOT, SCRIPTS, definition, load_pickle, run_tool, tiny_config
 
 import environments
 import train_ER_DQN
@@ -20,9 +20,9 @@ from training import compilation, config, experiment, loop
 # ------------------------------------------------------------------------------------------
 
 
-def config_error(raw, agent_type="ER") -> str:
+def config_error(raw, name="ER") -> str:
     with pytest.raises(config.ConfigError) as info:
-        config.validate_config(raw, agent_type)
+        config.validate_config(raw, definition(name))
     assert "\n" not in str(info.value)
     return str(info.value)
 
@@ -54,7 +54,7 @@ def test_environment_lists_and_empty_or_repeated_axes_are_errors():
 
 def test_grid_points_are_the_cartesian_product_in_key_order():
     cfg = config.validate_config(
-        tiny_config("ER", softmax_temp=[0.1, 0.4], gamma=[0.9, 0.5, 0.1]), "ER"
+        tiny_config("ER", softmax_temp=[0.1, 0.4], gamma=[0.9, 0.5, 0.1]), definition("ER")
     )
     assert list(config.grid_axes(cfg)) == ["gamma", "softmax_temp"]
     points = config.grid_points(cfg)
@@ -66,7 +66,7 @@ def test_grid_points_are_the_cartesian_product_in_key_order():
     np.testing.assert_allclose(hp["gamma"], [0.9, 0.9, 0.5, 0.5, 0.1, 0.1])
     assert hp["alpha_adam"].shape == (6,)
     assert config.point_name(points[1], config.grid_axes(cfg)) == "gamma=0.9_softmax_temp=0.4"
-    single = config.validate_config(tiny_config("ER"), "ER")
+    single = config.validate_config(tiny_config("ER"), definition("ER"))
     assert config.grid_points(single) == [single] and not config.grid_axes(single)
 
 
@@ -176,7 +176,7 @@ def test_the_grid_outputs_plot_and_summarise(grid_and_single_runs, tmp_path):
 
 def test_a_diverging_pair_is_reported_and_the_others_are_untouched():
     raw = tiny_config("ER", num_seeds=2, alpha_adam=[1e-3, 3e-3])
-    cfg = config.validate_config(raw, "ER")
+    cfg = config.validate_config(raw, definition("ER"))
     points = config.grid_points(cfg)
     env = environments.make_environment(cfg["environment"], cfg["env_config"])
     agent = train_ER_DQN.build_agent(cfg, env)

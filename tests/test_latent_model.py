@@ -1,10 +1,10 @@
-"""The latent-model agent: latent heads, KLs, the model loss, rollouts, the CLI, and learning.
+"""The latent-model agent: latent heads, KLs, the model loss, rollouts, its shipped configs (its
+CLI run and learning run: `test_cli.py`, `test_run.py`, over the registry).
 
 Networks are tiny (1 hidden layer of 16 units, F = 3 features of width 4) and the few compiled
 functions are module-level, so the file costs a handful of compilations.
 """
 
-import concurrent.futures
 import json
 import math
 import os
@@ -14,14 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
-    ROOT,
-    assert_diagnostics,
-    final_and_random_scores,
-    load_pickle,
-    run_script,
-    tiny_config,
-)
+from helpers import ROOT, definition, tiny_config
 
 import agents
 import environments
@@ -43,8 +36,8 @@ WEIGHTS = {
 
 
 def latent_cfg(**overrides) -> dict:
-    raw = tiny_config("latent_model", num_features=3, feature_width=4, **WEIGHTS, **overrides)
-    return config.validate_config(raw, "latent_model")
+    raw = tiny_config("categorical_latent", num_features=3, feature_width=4, **WEIGHTS, **overrides)
+    return config.validate_config(raw, definition("categorical_latent"))
 
 
 def init_model(cfg, seed=0):
@@ -500,7 +493,7 @@ def test_q_values_act_on_a_sampled_encoding():
 
 
 # ------------------------------------------------------------------------------------------
-# Shipped configs, the CLI, and learning
+# Shipped configs
 # ------------------------------------------------------------------------------------------
 
 
@@ -540,90 +533,6 @@ def test_shipped_configs_have_the_spec_values():
         "min_std": 0.1,
         "std_act": "sigmoid2",
     }
-
-
-SHIPPED_LATENT_KEYS = ("latent_type", "min_std", "std_act", "binary_obs", "KL_prior_weight")
-# The gaussian run also exercises the switches that the shipped configs leave off.
-SWITCHES = {"double_DQN": True, "seperate_rollout_batch_size": True, "rollout_batch_size": 5}
-
-
-def smoke_config(name: str) -> dict:
-    latent_keys = {k: v for k, v in shipped(name).items() if k in SHIPPED_LATENT_KEYS}
-    extra = SWITCHES if name == "gaussian" else {}
-    return tiny_config("latent_model", num_features=4, feature_width=4, **latent_keys, **extra)
-
-
-@pytest.fixture(scope="module")
-def smoke_runs(tmp_path_factory):
-    """Both CLI runs at once: each is mostly single-threaded compilation."""
-    tmp = tmp_path_factory.mktemp("latent_cli")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {
-            name: pool.submit(run_script, "latent_model", smoke_config(name), tmp, output=name)
-            for name in ("categorical", "gaussian")
-        }
-        return {name: future.result() for name, future in futures.items()}
-
-
-@pytest.mark.parametrize("name", ["categorical", "gaussian"])
-def test_cli_smoke_with_shipped_latent_settings(name, smoke_runs):
-    latent_keys = {k: v for k, v in shipped(name).items() if k in SHIPPED_LATENT_KEYS}
-    process, prefix = smoke_runs[name]
-    assert process.returncode == 0, process.stderr[-3000:]
-
-    out = load_pickle(prefix + ".out")
-    assert out["config"].agent_type == "latent_model" and out["config"].seed == 0
-    for key, value in smoke_config(name).items():
-        assert getattr(out["config"], key) == value, key
-    assert out["config"].latent_type == latent_keys["latent_type"]
-    assert out["metrics"]["eval_times"] == [0, 50, 100, 150]
-    for scores in out["metrics"]["reward_rates"]:
-        assert isinstance(scores, np.ndarray) and scores.shape == (2,)
-        assert np.all(np.isfinite(scores)) and np.all(scores <= 0)
-    terms = ("kl_posterior", "kl_prior", "posterior_entropy", "reward", "termination")
-    assert_diagnostics(out, (*terms, "reconstruction"))
-
-    params = load_pickle(prefix + ".params")
-    assert set(params) == {"Q", "model"}
-    assert len(params["Q"]) == len(params["model"]) == 2
-    size = 16 if name == "categorical" else 4
-    for q, model in zip(params["Q"], params["model"], strict=True):
-        assert set(q) == {"q_function/linear", "q_function/linear_1"}
-        assert q["q_function/linear"]["w"].shape == (size, 16)
-        assert set(model) == {"reward", "termination", "phi", "next_phi", "obs"}
-        for part, module in [
-            ("reward", "reward_function"),
-            ("termination", "termination_function"),
-            ("phi", "phi_function"),
-            ("next_phi", "next_phi_function"),
-            ("obs", "obs_function"),
-        ]:
-            assert all(key.startswith(module + "/linear") for key in model[part])
-        leaves = jax.tree_util.tree_leaves(model)
-        assert all(isinstance(x, np.ndarray) for x in leaves)
-    seed_0, seed_1 = params["model"]
-    assert not np.allclose(
-        seed_0["phi"]["phi_function/linear"]["w"], seed_1["phi"]["phi_function/linear"]["w"]
-    )
-
-
-def test_learns_open_grid_better_than_random(tmp_path):
-    raw = tiny_config(
-        "latent_model",
-        environment="OpenGrid",
-        env_config={"grid_size": 3},
-        num_hidden_units=32,
-        num_steps=2000,
-        eval_frequency=250,
-        training_start_time=250,
-        buffer_size=2000,
-        eval_batch_size=32,
-        save_params=False,
-    )
-    final, random_score = final_and_random_scores(
-        "latent_model", latent_dqn.build_agent, raw, tmp_path, last=2
-    )
-    assert final > random_score + 2.0, (final, random_score)
 
 
 def test_sample_categorical_matches_the_probabilities():

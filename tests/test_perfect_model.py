@@ -1,5 +1,5 @@
-"""The perfect-model agent: its state buffer, its rollouts in the true environment, the CLI, and
-a short learning run."""
+"""The perfect-model agent: its state buffer and its rollouts in the true environment (its CLI
+run and learning run: `test_cli.py`, `test_run.py`, over the registry)."""
 
 from typing import NamedTuple
 
@@ -7,13 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
-    assert_diagnostics,
-    final_and_random_scores,
-    load_pickle,
-    run_script,
-    tiny_config,
-)
 
 import agents
 import environments
@@ -182,55 +175,3 @@ def test_a_rollout_from_a_stored_state_replays_the_environment(name):
         assert batch.continuation[i] == 1.0 - float(terminal)
         obs = next_obs
     assert len(set(np.asarray(batch.action).tolist())) > 1  # the policy explored
-
-
-# --------------------------------------------------------------------------------------------
-# The script
-# --------------------------------------------------------------------------------------------
-
-
-def test_cli_writes_metrics_and_q_parameters(tmp_path):
-    raw = tiny_config("perfect_model")
-    process, prefix = run_script("perfect_model", raw, tmp_path, seed=3)
-    assert process.returncode == 0, process.stderr
-
-    out = load_pickle(prefix + ".out")
-    assert out["config"].agent_type == "perfect_model"
-    assert out["config"].seed == 3
-    assert out["config"].rollout_length == raw["rollout_length"]
-    num_evals = raw["num_steps"] // raw["eval_frequency"]
-    assert out["metrics"]["eval_times"] == [i * raw["eval_frequency"] for i in range(num_evals)]
-    assert len(out["metrics"]["reward_rates"]) == num_evals
-    for rates in out["metrics"]["reward_rates"]:
-        assert isinstance(rates, np.ndarray) and rates.shape == (raw["num_seeds"],)
-        assert np.all(rates <= 0) and np.all(rates >= -raw["eval_steps"])
-    assert_diagnostics(out)
-
-    params = load_pickle(prefix + ".params")
-    assert set(params) == {"Q"}
-    assert len(params["Q"]) == raw["num_seeds"]
-    obs_size = ENVIRONMENTS["ProcMaze"].observation_size
-    for seed_params in params["Q"]:
-        assert set(seed_params) == {"q_function/linear", "q_function/linear_1"}
-        assert seed_params["q_function/linear"]["w"].shape == (obs_size, 16)
-        assert seed_params["q_function/linear_1"]["w"].shape == (16, 5)
-        assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(seed_params))
-    first, second = (p["q_function/linear"]["w"] for p in params["Q"])
-    assert not np.array_equal(first, second)  # the seeds are different runs
-
-
-def test_learns_to_beat_a_random_policy(tmp_path):
-    raw = tiny_config(
-        "perfect_model",
-        environment="OpenGrid",
-        num_hidden_units=32,
-        num_steps=2000,
-        eval_frequency=500,
-        training_start_time=500,
-        buffer_size=2000,
-        eval_batch_size=16,
-        save_params=False,
-    )
-    final, baseline = final_and_random_scores("perfect_model", pm.build_agent, raw, tmp_path, 2)
-    # a random walk needs about 10 steps on this grid, the greedy policy about 3
-    assert final > baseline + 4.0, (final, baseline)

@@ -15,62 +15,16 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from conftest import fake_values, headless_env, run_tool  # noqa: E402
-from conftest import write_fake_out as write_out  # noqa: E402
+from helpers import fake_values, headless_env, run_tool  # noqa: E402
+from helpers import write_fake_out as write_out  # noqa: E402
 
+import curves  # noqa: E402
 import plot_metric  # noqa: E402
 
 
 def run_script(*args, cwd):
     return run_tool("plot_metric.py", *args, cwd=cwd)
-
-
-# --- moving average and subsampling ---------------------------------------------------------
-
-
-def test_moving_average_1d_hand_computed():
-    x = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    np.testing.assert_allclose(plot_metric.moving_average(x, 2), [1.5, 3.0, 6.0, 12.0])
-    np.testing.assert_allclose(plot_metric.moving_average(x, 3), [7 / 3, 14 / 3, 28 / 3])
-    np.testing.assert_allclose(plot_metric.moving_average(x, 1), x)
-    np.testing.assert_allclose(plot_metric.moving_average(x, 5), [31 / 5])
-    assert plot_metric.moving_average(x, 4).shape == (5 - 4 + 1,)
-
-
-def test_moving_average_2d_smooths_each_column_along_axis_0():
-    x = np.array([[1.0, 10.0], [2.0, 30.0], [3.0, 20.0], [6.0, 0.0]])
-    out = plot_metric.moving_average(x, 3)
-    np.testing.assert_allclose(out, [[2.0, 20.0], [11 / 3, 50 / 3]])
-    assert out.shape == (4 - 3 + 1, 2)
-    np.testing.assert_allclose(plot_metric.moving_average(x, 2), [[1.5, 20], [2.5, 25], [4.5, 10]])
-
-
-def test_moving_average_rejects_bad_windows():
-    with pytest.raises(plot_metric.PlotError, match="larger than the number of points"):
-        plot_metric.moving_average(np.arange(3.0), 4)
-    with pytest.raises(plot_metric.PlotError, match=">= 1"):
-        plot_metric.moving_average(np.arange(3.0), 0)
-
-
-def test_subsample_keeps_every_fth_evaluation_from_the_first():
-    x = np.arange(10)
-    np.testing.assert_array_equal(plot_metric.subsample(x, 1), x)
-    np.testing.assert_array_equal(plot_metric.subsample(x, 3), [0, 3, 6, 9])
-    np.testing.assert_array_equal(plot_metric.subsample(x, 4), [0, 4, 8])
-    two_d = np.arange(20).reshape(10, 2)
-    np.testing.assert_array_equal(plot_metric.subsample(two_d, 5), [[0, 1], [10, 11]])
-
-
-def test_curve_subsamples_then_smooths_times_and_values_alike():
-    times = np.arange(10) * 500.0
-    values = np.stack([np.arange(10.0), 2 * np.arange(10.0)], axis=1)
-    t, mean, low, high = plot_metric.curve(times, values, window=2, frequency=3)
-    # kept evaluations 0, 3, 6, 9 -> smoothed with width 2 -> 3 points
-    np.testing.assert_allclose(t, [750.0, 2250.0, 3750.0])
-    np.testing.assert_allclose(mean, 1.5 * np.array([1.5, 4.5, 7.5]))
-    assert np.all(low <= mean) and np.all(mean <= high)
 
 
 # --- loading and plotting -------------------------------------------------------------------
@@ -163,7 +117,7 @@ def test_diverged_seeds_are_left_out_of_the_line_and_the_band(tmp_path):
         try:
             values = {"reward_rates": returns, "q_loss": q_loss}[metric]
             healthy = values.astype(np.float32).astype(np.float64)[:, [0, 2, 3, 5]]
-            _, mean, low, high = plot_metric.curve(500.0 * np.arange(10), healthy, window=2)
+            _, mean, low, high = curves.curve(500.0 * np.arange(10), healthy, window=2)
             np.testing.assert_allclose(ax.lines[0].get_ydata(), mean, rtol=1e-10)
             band = ax.collections[0].get_paths()[0].vertices[:, 1]
             assert np.all(np.isfinite(band))  # no NaN from the diverged seeds' q_loss
@@ -293,14 +247,14 @@ def test_script_runs_headless_and_imports_no_jax(tmp_path):
 def test_display_detection_on_linux(monkeypatch):
     for key in ("DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(key, raising=False)
-    assert not plot_metric._has_display()
-    assert not plot_metric.can_show()  # never tries to open a window without a display
+    assert not curves._has_display()
+    assert not curves.can_show()  # never tries to open a window without a display
     monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
-    assert plot_metric._has_display()
+    assert curves._has_display()
     monkeypatch.delenv("WAYLAND_DISPLAY")
     monkeypatch.setenv("DISPLAY", ":0")
-    assert plot_metric._has_display()
-    assert not plot_metric.can_show()  # the test process uses Agg: nothing to show
+    assert curves._has_display()
+    assert not curves.can_show()  # the test process uses Agg: nothing to show
 
 
 # --- errors: exit status 2, one line, no traceback ------------------------------------------

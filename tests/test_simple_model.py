@@ -1,5 +1,6 @@
 """The simple-model agent: its model loss, its rollouts in the learned model (quirks Q2 and Q7),
-that the model learns, the CLI, and a short learning run."""
+and that the model learns (its CLI run and learning run: `test_cli.py`, `test_run.py`, over
+the registry)."""
 
 import math
 
@@ -8,13 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import (
-    assert_diagnostics,
-    final_and_random_scores,
-    load_pickle,
-    run_script,
-    tiny_config,
-)
+from helpers import definition, tiny_config
 
 import agents
 import environments
@@ -34,7 +29,7 @@ def make_cfg(**overrides) -> dict:
         env_config={"num_pipes": 2},
         episodic_env=False,
     )
-    return config.validate_config({**raw, **overrides}, "simple_model")
+    return config.validate_config({**raw, **overrides}, definition("simple_model"))
 
 
 def make_model(cfg):
@@ -239,7 +234,9 @@ def test_the_model_learns_a_fixed_batch_of_panflute_transitions():
     @jax.jit
     def train(learner, key):
         def body(learner, key):
-            learner, diagnostics = sm.model_step(model, learner, transitions, key, hp)
+            learner, diagnostics = model_parts.model_step(
+                lambda params: sm.model_loss(model, params, transitions, key, hp), learner, hp
+            )
             return learner, diagnostics
 
         return jax.lax.scan(body, learner, jax.random.split(key, 300))
@@ -275,63 +272,3 @@ def test_one_update_takes_one_model_step_and_one_q_step():
         )
         assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True)), name
     assert set(updated.model_params) == {"reward", "termination", "next_obs"}
-
-
-# --------------------------------------------------------------------------------------------
-# The script
-# --------------------------------------------------------------------------------------------
-
-
-def test_cli_writes_metrics_q_and_model_parameters(tmp_path):
-    raw = tiny_config("simple_model")
-    process, prefix = run_script("simple_model", raw, tmp_path, seed=5)
-    assert process.returncode == 0, process.stderr
-
-    out = load_pickle(prefix + ".out")
-    assert out["config"].agent_type == "simple_model"
-    assert out["config"].seed == 5
-    assert out["config"].sample_obs_from_sigmoid is False  # defaults are filled in
-    num_evals = raw["num_steps"] // raw["eval_frequency"]
-    assert out["metrics"]["eval_times"] == [i * raw["eval_frequency"] for i in range(num_evals)]
-    assert len(out["metrics"]["reward_rates"]) == num_evals
-    for rates in out["metrics"]["reward_rates"]:
-        assert isinstance(rates, np.ndarray) and rates.shape == (raw["num_seeds"],)
-        assert np.all(rates <= 0) and np.all(rates >= -raw["eval_steps"])
-    assert_diagnostics(out, ("reward", "termination", "obs"))
-
-    params = load_pickle(prefix + ".params")
-    assert set(params) == {"Q", "model"}
-    assert len(params["Q"]) == len(params["model"]) == raw["num_seeds"]
-    obs_size = environments.ProcMaze(grid_size=3).observation_size
-    for q, model in zip(params["Q"], params["model"], strict=True):
-        assert set(q) == {"q_function/linear", "q_function/linear_1"}
-        assert set(model) == {"reward", "termination", "next_obs"}
-        for key, module in [
-            ("reward", "reward_function"),
-            ("termination", "termination_function"),
-            ("next_obs", "next_obs_function"),
-        ]:
-            assert set(model[key]) == {f"{module}/linear", f"{module}/linear_1"}
-            assert model[key][f"{module}/linear"]["w"].shape == (obs_size + 5, 16)
-        assert model["next_obs"]["next_obs_function/linear_1"]["w"].shape == (16, obs_size)
-        assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves((q, model)))
-    first, second = (m["next_obs"]["next_obs_function/linear"]["w"] for m in params["model"])
-    assert not np.array_equal(first, second)  # the seeds are different runs
-
-
-def test_learns_to_beat_a_random_policy(tmp_path):
-    raw = tiny_config(
-        "simple_model",
-        environment="OpenGrid",
-        num_hidden_units=32,
-        model_alpha=3e-3,
-        num_steps=4000,
-        eval_frequency=500,
-        training_start_time=500,
-        buffer_size=4000,
-        eval_batch_size=16,
-        save_params=False,
-    )
-    final, baseline = final_and_random_scores("simple_model", sm.build_agent, raw, tmp_path, 2)
-    # a random walk needs about 10 steps on this grid, the greedy policy about 3
-    assert final > baseline + 4.0, (final, baseline)

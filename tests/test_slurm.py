@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 import slurm_jobs
-from conftest import (
+from helpers import (
     DRIVER,
     QUICK_PIPELINE,
     load_pickle,

@@ -17,10 +17,10 @@ import pytest  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from conftest import headless_env, run_tool  # noqa: E402
+from helpers import headless_env, run_tool  # noqa: E402
 
+import scoring  # noqa: E402
 import sweep_summary  # noqa: E402
 
 ALPHAS = [2.5e-05, 5e-05, 1e-04]
@@ -92,7 +92,7 @@ def assert_png(path, min_bytes=10_000):
 
 
 def test_axes_are_the_numeric_keys_that_differ(tmp_path):
-    runs = [sweep_summary.load_run(p) for p in write_grid(tmp_path)]
+    runs = [scoring.load_run(p) for p in write_grid(tmp_path)]
     assert sweep_summary.find_axes(runs) == ["alpha_adam", "softmax_temp"]
     assert sweep_summary.axis_values(runs, "alpha_adam") == ALPHAS
     assert sweep_summary.axis_values(runs, "softmax_temp") == TEMPS
@@ -108,7 +108,7 @@ def test_one_file_is_a_one_point_grid(tmp_path):
 def test_files_from_different_environments_are_not_one_grid(tmp_path):
     a = write_point(tmp_path, -5.0, alpha_adam=5e-05)
     b = write_point(tmp_path, -5.0, environment="ButtonGrid", prefix="other", alpha_adam=1e-04)
-    runs = [sweep_summary.load_run(p) for p in (a, b)]
+    runs = [scoring.load_run(p) for p in (a, b)]
     with pytest.raises(sweep_summary.SweepError, match="'environment' differs"):
         sweep_summary.find_axes(runs)
     proc = run_script("--data", a, b, "--no-show", cwd=tmp_path)
@@ -122,14 +122,14 @@ def test_files_from_different_environments_are_not_one_grid(tmp_path):
 def test_a_file_from_before_a_key_existed_reads_it_at_its_default(tmp_path):
     new = write_point(tmp_path, -5.0, alpha_adam=5e-05, matmul_precision="default")
     old = write_point(tmp_path, -6.0, prefix="old", alpha_adam=1e-04)  # no matmul_precision
-    runs = [sweep_summary.load_run(p) for p in (new, old)]
+    runs = [scoring.load_run(p) for p in (new, old)]
     assert sweep_summary.find_axes(runs) == ["alpha_adam"]
     other = write_point(tmp_path, -7.0, prefix="f32", alpha_adam=2e-04, matmul_precision="float32")
     with pytest.raises(sweep_summary.SweepError, match="'matmul_precision' differs"):
-        sweep_summary.find_axes([*runs, sweep_summary.load_run(other)])
+        sweep_summary.find_axes([*runs, scoring.load_run(other)])
     unknown = write_point(tmp_path, -7.0, prefix="odd", alpha_adam=4e-04, odd_key=1)
     with pytest.raises(sweep_summary.SweepError, match="'odd_key' is in .* but not in"):
-        sweep_summary.find_axes([*runs, sweep_summary.load_run(unknown)])
+        sweep_summary.find_axes([*runs, scoring.load_run(unknown)])
 
 
 def test_the_same_point_twice_is_an_error(tmp_path):
@@ -147,11 +147,11 @@ def test_score_is_the_mean_over_seeds_of_each_seeds_mean_return(tmp_path):
     path = write_point(tmp_path, -12.0, alpha_adam=5e-05)
     with open(path, "rb") as f:
         returns = np.stack(pickle.load(f)["metrics"]["reward_rates"]).astype(np.float64)
-    point = sweep_summary.score_point(sweep_summary.load_run(path), ["alpha_adam"])
+    point = scoring.score_point(scoring.load_run(path), ["alpha_adam"])
     assert point.score == pytest.approx(returns.mean(axis=0).mean())
     assert point.score == pytest.approx(-12.0)
     assert point.low < point.score < point.high  # the seeds differ: a real interval
-    again = sweep_summary.score_point(sweep_summary.load_run(path), ["alpha_adam"])
+    again = scoring.score_point(scoring.load_run(path), ["alpha_adam"])
     assert (again.low, again.high) == (point.low, point.high)  # fixed bootstrap seed
     assert point.num_seeds == point.total_seeds == NUM_SEEDS
     assert point.num_diverged is None  # the file does not record divergence
@@ -165,7 +165,7 @@ def test_ranking_puts_the_best_point_first(tmp_path):
     assert scores == sorted(scores, reverse=True)
     assert scores == pytest.approx([-5.0] + [-15.0] * 4 + [-25.0] * 4)
     assert sweep_summary.edge_warnings(ranked[0], runs, axes) == []  # best is inside the grid
-    lowest_first = sweep_summary.rank(ranked, minimize=True)
+    lowest_first = scoring.rank(ranked, minimize=True)
     assert lowest_first[-1].coords == (5e-05, 0.1)
 
 
@@ -198,16 +198,44 @@ def test_report_lines_table_and_best_line(tmp_path):
         "score",
         "95%",
         "interval",
+        "IQM",
+        "95%",
+        "interval",
+        "P(best",
+        "better)",
+        "[95%]",
         "seeds",
         "diverged",
     ]
     assert table[1].split()[:4] == ["1", "5e-05", "0.1", "-5.0"]
+    # the IQM of seeds -7..-3 is the mean of -6, -5, -4; the best point against itself: no P
+    first = table[1].split()
+    assert first[6] == "-5.0" and first[9:] == ["(best)", "5", "0"]
+    assert float(first[7].strip("[,")) < -5.0 < float(first[8].strip("]"))
+    # every seed of the best point (-7..-3) beats every seed of the next (-17..-13)
+    assert table[2].split()[-5:-2] == ["1.00", "[1.00,", "1.00]"]
     assert len(table) == 1 + 9
     best = ranked[0]
     assert lines[1] == (
         f"best: alpha_adam=5e-05 softmax_temp=0.1 score -5.0 [{best.low:.1f}, {best.high:.1f}] "
         f"({best.path})"
     )
+
+
+def test_p_best_better_is_near_one_half_for_points_the_seeds_do_not_separate(tmp_path):
+    paths = [
+        write_point(tmp_path, -5.0, alpha_adam=1e-4),
+        write_point(tmp_path, -5.5, alpha_adam=2e-4),  # seeds -7.5..-3.5 against -7..-3
+    ]
+    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    vs = sweep_summary.against_best(runs, ranked)[ranked[1].path][1]
+    pairs = np.add.outer(SEED_OFFSETS, -SEED_OFFSETS) + 0.5  # best seed minus other seed
+    assert vs.value == pytest.approx(np.mean(pairs > 0))
+    assert 0.5 < vs.value < 0.75 and vs.low < 0.5 < vs.high
+    # lower is better: the same two points, the other way round
+    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", True)
+    assert ranked[0].path == paths[1]
+    assert sweep_summary.against_best(runs, ranked, True)[paths[0]][1] == vs
 
 
 # --- pictures -------------------------------------------------------------------------------

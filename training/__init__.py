@@ -8,6 +8,8 @@ One module per concern:
   it builds on `experiment`, which never imports it;
 - `definition`: what the machinery needs of an agent's module (`AgentDefinition`);
 - `checkpoint`: `<output>.ckpt`, resuming, and its two generations;
+- `trackers`: the live curves in TensorBoard and W&B (`tracker_tensorboard`, `tracker_wandb`,
+  loaded only when asked for), a listener of the host loop's evaluations;
 - `compilation`: the loop jitted once per run, its pairs sharded over the devices, the memory
   check; `saved_programs`: traced programs kept on disk for a second launch;
 - `loop`: the training loop of SPEC section 9 (`Agent`, `TrainState`);

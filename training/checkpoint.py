@@ -44,6 +44,7 @@ class Progress(NamedTuple):
     steps_since_save: int  # environment steps since `.params` was last written
     eval_times: list[int]
     history: dict[str, list[np.ndarray]]  # metric -> one [G, S] array per evaluation
+    trackers: dict | None = None  # the live curves' run ids (`trackers.Listener.run_ids`)
 
     @classmethod
     def start(cls, metric_names) -> Progress:
@@ -78,6 +79,7 @@ def save(path: str, cfg: dict, state: Any, progress: Progress, produced_by: dict
         "steps_since_save": progress.steps_since_save,
         "eval_times": progress.eval_times,
         "history": list(progress.history),
+        "trackers": progress.trackers or {},
         "state_tree": str(treedef),
     }
     arrays["meta"] = np.array(json.dumps(meta))
@@ -109,6 +111,19 @@ def refuse_start_over(path: str, cfg: dict) -> None:
             f"{candidate} {where} of {cfg['num_steps']}: starting again would replace it; go on "
             "from it with --resume, or start again from step 0 with --restart"
         )
+
+
+def steps_done(path: str) -> int:
+    """Environment steps the latest whole checkpoint (or the one before it) has done, 0 without
+    one; reads its metadata only, for a driver watching a run from outside."""
+    for candidate in (path, paths.previous(path)):
+        try:
+            with np.load(candidate) as saved:
+                meta = json.loads(str(saved["meta"]))
+            return meta["chunks_done"] * meta["config"]["eval_frequency"]
+        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+            continue
+    return 0
 
 
 def load(
@@ -254,8 +269,11 @@ FIELDS = (
     Field("eval_times", lambda v: isinstance(v, list), "a list", _eval_times),
     Field("history", lambda v: isinstance(v, list), "a list", _history),
     Field("state_tree", lambda v: isinstance(v, str), "a string"),
+    Field("trackers", lambda v: isinstance(v, dict), "an object"),
 )
-_DEFAULTS = {"provenance": {}}  # written since format 1 began: older files lack it
+# Written since format 1 began (provenance) or since the live curves (trackers): older files
+# lack them.
+_DEFAULTS = {"provenance": {}, "trackers": {}}
 
 
 def _checked_contents(path, meta, arrays, cfg, state_shapes, metrics):
@@ -292,7 +310,8 @@ def _checked_contents(path, meta, arrays, cfg, state_shapes, metrics):
         # Native dtypes, as a fresh run's arrays have: pickled `.out` files then match byte for
         # byte.
         history[name] = [x.astype(x.dtype.name) for x in values]
-    progress = Progress(chunks, meta["steps_since_save"], meta["eval_times"], history)
+    trackers = meta["trackers"]
+    progress = Progress(chunks, meta["steps_since_save"], meta["eval_times"], history, trackers)
     return leaves, progress
 
 

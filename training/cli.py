@@ -11,7 +11,7 @@ import argparse
 import signal
 import sys
 
-from training import experiment
+from training import experiment, trackers
 from training.definition import AgentDefinition
 from training.flags import MAX_SEED, OneLineErrorParser, number
 
@@ -41,7 +41,11 @@ def parse_args(agent_type: str, argv: list[str] | None) -> argparse.Namespace:
         help="--resume even from a checkpoint that another version of the code, of jax, "
         "jaxlib, haiku or optax, or another kind of device wrote",
     )
-    return parser.parse_args(argv)
+    trackers.add_flags(parser)
+    args = parser.parse_args(argv)
+    if error := trackers.flag_error(args):
+        parser.error(error)
+    return args
 
 
 def main(definition: AgentDefinition, argv: list[str] | None = None) -> experiment.Written:
@@ -57,6 +61,7 @@ def main(definition: AgentDefinition, argv: list[str] | None = None) -> experime
             quiet=args.quiet,
             accept_version_change=args.accept_version_change,
             restart=args.restart,
+            trackers=trackers.from_flags(args),
         )
     except experiment.RunError as error:
         print(error, file=sys.stderr)

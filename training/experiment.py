@@ -42,6 +42,7 @@ from training.compilation import (
 )
 from training.definition import AgentDefinition
 from training.schema import checkpoint_every
+from training.trackers import Trackers, open_listener
 
 
 class RunError(Exception):
@@ -149,6 +150,7 @@ def run(
     quiet: bool = False,
     accept_version_change: bool = False,
     restart: bool = False,
+    trackers: Trackers | None = None,
 ) -> Written:
     """Train `cfg` (a dict, or the path of a JSON file) for the agent of `definition` into
     files named `<output>.out` (one per grid point, `<output>_<point>.out`), `.params` and
@@ -158,7 +160,8 @@ def run(
     0 over an existing checkpoint, which a run with neither refuses. The run holds
     `<output>.lock` while it trains. Raises `RunError`, whose message is the one line the
     command line prints, before anything compiles when it can; `RunInterruptedError` when a
-    signal stopped it at the end of a chunk."""
+    signal stopped it at the end of a chunk. `trackers`: where the curves also go live
+    (TensorBoard, W&B: `trackers.py`)."""
     start = time.time()
     if resume and restart:
         raise RunError("--resume and --restart: give one (go on, or start again from step 0)")
@@ -171,7 +174,9 @@ def run(
         files.check_output(output, paths.run_files(output, prefixes))
         with files.OutputLock(output):
             start_over(paths.checkpoint(output), setup.cfg, resume, restart)
-            written = train(setup, output, quiet, program_dir, resume, accept_version_change)
+            written = train(
+                setup, output, quiet, program_dir, resume, accept_version_change, trackers
+            )
     except files.OutputError as error:
         raise RunError(str(error)) from None
     if not quiet and written.chunks_run == 0:
@@ -299,6 +304,7 @@ def train(
     program_dir: str | None = None,
     resume: bool = False,
     accept_version_change: bool = False,
+    trackers: Trackers | None = None,
 ) -> Written:
     """The host loop of the run of every grid point: restore or initialise, then per chunk
     `one_chunk` (training, evaluation, metrics), a checkpoint every `checkpoint_frequency`
@@ -312,6 +318,8 @@ def train(
     if restored is not None:  # its files record every version that ran it
         setup = setup._replace(provenance=restored.provenance)
     compiled, carry = start(setup, restored, program_dir, quiet)
+    listener = open_listener(trackers, output, setup, carry.progress, quiet)  # live curves
+    carry = carry._replace(progress=carry.progress._replace(trackers=listener.run_ids()))
     num_chunks = cfg["num_steps"] // cfg["eval_frequency"]
     first = carry.progress.chunks_done  # 0, or where the checkpoint left off
     schedule = OutputSchedule()
@@ -326,7 +334,10 @@ def train(
     try:
         with StopSignals() as stop:
             for i in bar:
+                started = time.monotonic()
                 carry, scores = one_chunk(setup, compiled, run_files, carry, i)
+                elapsed = time.monotonic() - started
+                listener.evaluated(i * cfg["eval_frequency"], carry.progress.history, elapsed)
                 last, stopping = i == num_chunks - 1, stop.signum is not None
                 if last or stopping or carry.steps_since_checkpoint >= checkpoint_every(cfg):
                     carry = save_checkpoint(setup, run_files, carry)
@@ -340,6 +351,8 @@ def train(
         finish(setup, run_files, carry)
     except files.WriteError as error:
         raise cannot_write(error, run_files, carry.saved_at) from None
+    finally:
+        listener.close()
     records = [point_record(setup, carry.progress, g) for g in range(len(setup.points))]
     outs = [paths.out(p) for p in run_files.prefixes]
     return Written(outs, records, run_files.params, run_files.checkpoint, num_chunks - first)
@@ -416,7 +429,11 @@ def one_chunk(
     record_evaluation(progress.history, scores, jax.device_get(report), setup, i, t0)
     progress.eval_times.append(t0)
     progress = checkpoint.Progress(
-        i + 1, steps_since_save + chunk_steps, progress.eval_times, progress.history
+        i + 1,
+        steps_since_save + chunk_steps,
+        progress.eval_times,
+        progress.history,
+        progress.trackers,
     )
     steps_since_checkpoint = carry.steps_since_checkpoint + chunk_steps
     return Carry(state, progress, steps_since_checkpoint, carry.saved_at), scores

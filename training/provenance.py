@@ -13,8 +13,12 @@ import os
 from importlib import metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Top-level scripts that read, schedule or time runs: editing them changes no run's numbers.
-TOOLS = frozenset({"plot_metric.py", "sweep_summary.py", "reproduce_figure4.py", "benchmark.py"})
+# Top-level scripts that read, schedule or time runs, and the libraries under them that only
+# read results (`scoring.py`, `curves.py`): editing them changes no run's numbers.
+TOOLS = frozenset(
+    {"plot_metric.py", "sweep_summary.py", "reproduce_figure4.py", "benchmark.py"}
+    | {"scoring.py", "curves.py"}
+)
 LIBRARIES = {"jax": "jax", "jaxlib": "jaxlib", "haiku": "dm-haiku", "optax": "optax"}
 
 

@@ -9,9 +9,9 @@ these files hold (numpy arrays and scalars, `types.SimpleNamespace`, plain conta
 numbers, and the jax arrays of the reference's own files, rebuilt as numpy arrays), so a file
 from elsewhere cannot run code when it is read.
 
-Per-seed views of a metric (`metric_values`), the seeds that diverged (`diverged_seeds`) and the
-95% bootstrap interval over seeds (`bootstrap_ci`) live here too. This module imports numpy,
-scipy and the standard library only: no jax.
+Per-seed views of a metric (`metric_values`) and the seeds that diverged (`diverged_seeds`) live
+here too; the statistics over seeds are `scoring.py`'s. This module imports numpy and the
+standard library only: no jax, and no scipy, since every training run imports it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ import codecs
 import operator
 import pickle
 import types
-import warnings
 
 import numpy as np
-import scipy.stats
 
 from training.files import write_pickle_atomic
 
@@ -31,9 +29,6 @@ TIMES_KEY = "eval_times"
 DIVERGED_KEY = "diverged"
 DEFAULT_METRIC = "reward_rates"
 PROVENANCE_KEY = "provenance"
-NUM_BOOTSTRAP = 1000
-CONFIDENCE = 95.0
-BOOTSTRAP_SEED = 0
 
 
 class ResultsError(Exception):
@@ -319,57 +314,3 @@ def healthy_values(path: str, metrics: dict, metric: str, values: np.ndarray):
     notes.append(non_finite_note(path, metric, values))
     values = np.where(np.isfinite(values), values, np.nan)
     return values, [n for n in notes if n]
-
-
-# --------------------------------------------------------------------------------------------
-# The interval over seeds
-# --------------------------------------------------------------------------------------------
-
-
-def bootstrap_ci(
-    values: np.ndarray,
-    num_resamples: int = NUM_BOOTSTRAP,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over seeds and its percentile-bootstrap confidence interval (seaborn's method in
-    the reference): `scipy.stats.bootstrap` with `method='percentile'`.
-
-    ``values`` is ``(T, S)`` (or ``(S,)``); seeds (columns) are resampled with replacement
-    ``num_resamples`` times, the same resample for every time point (as seaborn does for a
-    unit of observation), and the interval is the central ``confidence``% of the resampled
-    means. Returns ``(mean, low, high)``, each of shape ``(T,)`` (or scalars for 1-D input).
-    Deviations from the first seed are resampled (then shifted back), so identical seeds give
-    exactly the seeds' value as mean and both bounds: zero width; so does a single seed.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    one_d = values.ndim == 1
-    values = np.atleast_2d(values) if one_d else values
-    reference = values[:, 0]
-    deviations = values - reference[:, None]
-    mean = reference + deviations.mean(axis=1)
-    if values.shape[1] < 2:
-        low = high = mean
-    else:
-        interval = _percentile_interval(deviations, num_resamples, confidence, seed)
-        low, high = reference + interval.low, reference + interval.high
-    if one_d:
-        return mean[0], low[0], high[0]
-    return mean, low, high
-
-
-def _percentile_interval(deviations: np.ndarray, num_resamples, confidence, seed):
-    # NaN values (gaps in a curve) give NaN bounds there, which is what the plot should show;
-    # scipy also warns about them.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", scipy.stats.DegenerateDataWarning)
-        return scipy.stats.bootstrap(
-            (deviations,),
-            np.mean,
-            axis=1,
-            n_resamples=num_resamples,
-            confidence_level=confidence / 100.0,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-            batch=50,  # resampled means of 50 resamples at a time: memory stays small
-        ).confidence_interval
