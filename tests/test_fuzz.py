@@ -130,8 +130,8 @@ def config_files(draw):
     """(the registry's agent name, the raw config as written, the file's bytes): a tiny config
     with a few keys set to random JSON values or removed, maybe a key twice, maybe another
     encoding or cut short."""
-    name = draw(st.sampled_from(AGENT_NAMES))
-    raw = tiny_config(name)
+    agent = draw(st.sampled_from(AGENT_NAMES))
+    raw = tiny_config(agent)
     raw["env_config"] = dict(raw["env_config"])
     for _ in range(draw(st.integers(1, 3))):
         key = draw(st.sampled_from(KEYS))
@@ -158,10 +158,10 @@ def config_files(draw):
         data = draw(st.binary(max_size=40)) + text.encode()
     else:
         data = text.encode(encoding, errors="replace")
-    return name, raw, data
+    return agent, raw, data
 
 
-def check_config_outcome(name, data, code, lines, setups, path, folder, before):
+def check_config_outcome(agent, data, code, lines, setups, path, folder, before):
     """Exit 2 with one line naming the file and a key, or every check passed and the run's
     config holds what the file says; no file but the config's in the folder afterwards."""
     assert files_under(folder) == before, "a file was left or written"
@@ -183,7 +183,7 @@ def check_config_outcome(name, data, code, lines, setups, path, folder, before):
 @budget("configs")
 @given(config_files())
 def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
-    name, _, data = example
+    agent, _, data = example
     setups = []
 
     class CompiledError(Exception):
@@ -203,13 +203,13 @@ def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
         code = None
         with bounded():
             try:
-                cli.main(definition(name), argv)
+                cli.main(definition(agent), argv)
             except SystemExit as exit:
                 code = exit.code
             except CompiledError:
                 code = "compiled"
         lines = capsys.readouterr().err.strip().splitlines()
-        check_config_outcome(name, data, code, lines, setups, path, folder, before)
+        check_config_outcome(agent, data, code, lines, setups, path, folder, before)
 
 
 # --------------------------------------------------------------------------------------------
