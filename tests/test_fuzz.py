@@ -121,8 +121,9 @@ def typed_values(name: str):
     return st.sampled_from([*key.choices, "Relu", ""])
 
 
-# Text no JSON encoder writes: numbers Python refuses to read, nesting deeper than its stack.
-INJECTIONS = ["9" * 5000, "[" * 50_000 + "]" * 50_000, "1e999", "-0", "NaN", '"\ud800"']
+# Text no JSON encoder writes: numbers Python refuses to read, nesting deeper than its stack,
+# a lone surrogate as JSON escapes it.
+INJECTIONS = ["9" * 5000, "[" * 50_000 + "]" * 50_000, "1e999", "-0", "NaN", '"\\ud800"']
 
 
 @st.composite
@@ -136,7 +137,7 @@ def config_files(draw):
     for _ in range(draw(st.integers(1, 3))):
         key = draw(st.sampled_from(KEYS))
         target, name = (
-            (raw["env_config"], key[11:]) if key.startswith("env_config.") else (raw, key)
+            (raw.get("env_config"), key[11:]) if key.startswith("env_config.") else (raw, key)
         )
         if not isinstance(target, dict):
             continue
