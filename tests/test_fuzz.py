@@ -23,7 +23,7 @@ import jax
 import matplotlib
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import definition, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,7 +83,7 @@ def files_under(folder) -> set[str]:
 # Config files: every key of the schema, every agent
 # --------------------------------------------------------------------------------------------
 
-AGENT_TYPES = sorted(AGENTS)  # registry names
+AGENT_NAMES = sorted(AGENTS)  # every agent of the registry
 SIZES = [0, 1, -1, 2, 3, 2**31 - 1, 2**31, 2 * 10**9, 10**12, 10**5000 // 10**4990]
 json_scalars = (
     st.none()
@@ -121,22 +121,23 @@ def typed_values(name: str):
     return st.sampled_from([*key.choices, "Relu", ""])
 
 
-# Text no JSON encoder writes: numbers Python refuses to read, nesting deeper than its stack.
-INJECTIONS = ["9" * 5000, "[" * 50_000 + "]" * 50_000, "1e999", "-0", "NaN", '"\ud800"']
+# Text no JSON encoder writes: numbers Python refuses to read, nesting deeper than its stack,
+# a lone surrogate as JSON escapes it.
+INJECTIONS = ["9" * 5000, "[" * 50_000 + "]" * 50_000, "1e999", "-0", "NaN", '"\\ud800"']
 
 
 @st.composite
 def config_files(draw):
-    """(agent type, the raw config as written, the file's bytes): a tiny config with a few
-    keys set to random JSON values or removed, maybe a key twice, maybe another encoding or cut
-    short."""
-    agent_type = draw(st.sampled_from(AGENT_TYPES))
-    raw = tiny_config(agent_type)
+    """(the registry's agent name, the raw config as written, the file's bytes): a tiny config
+    with a few keys set to random JSON values or removed, maybe a key twice, maybe another
+    encoding or cut short."""
+    agent = draw(st.sampled_from(AGENT_NAMES))
+    raw = tiny_config(agent)
     raw["env_config"] = dict(raw["env_config"])
     for _ in range(draw(st.integers(1, 3))):
         key = draw(st.sampled_from(KEYS))
         target, name = (
-            (raw["env_config"], key[11:]) if key.startswith("env_config.") else (raw, key)
+            (raw.get("env_config"), key[11:]) if key.startswith("env_config.") else (raw, key)
         )
         if not isinstance(target, dict):
             continue
@@ -158,10 +159,10 @@ def config_files(draw):
         data = draw(st.binary(max_size=40)) + text.encode()
     else:
         data = text.encode(encoding, errors="replace")
-    return agent_type, raw, data
+    return agent, raw, data
 
 
-def check_config_outcome(agent_type, data, code, lines, setups, path, folder, before):
+def check_config_outcome(agent, data, code, lines, setups, path, folder, before):
     """Exit 2 with one line naming the file and a key, or every check passed and the run's
     config holds what the file says; no file but the config's in the folder afterwards."""
     assert files_under(folder) == before, "a file was left or written"
@@ -183,7 +184,7 @@ def check_config_outcome(agent_type, data, code, lines, setups, path, folder, be
 @budget("configs")
 @given(config_files())
 def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
-    agent_type, _, data = example
+    agent, _, data = example
     setups = []
 
     class CompiledError(Exception):
@@ -203,13 +204,13 @@ def test_any_config_file_runs_or_is_one_line(monkeypatch, capsys, example):
         code = None
         with bounded():
             try:
-                cli.main(AGENTS[agent_type].definition, argv)
+                cli.main(definition(agent), argv)
             except SystemExit as exit:
                 code = exit.code
             except CompiledError:
                 code = "compiled"
         lines = capsys.readouterr().err.strip().splitlines()
-        check_config_outcome(agent_type, data, code, lines, setups, path, folder, before)
+        check_config_outcome(agent, data, code, lines, setups, path, folder, before)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def real_checkpoint(tmp_path_factory):
     trained: nothing compiles."""
     folder = tmp_path_factory.mktemp("checkpoint")
     path = str(folder / "run.ckpt")
-    setup = experiment.prepare(AGENTS["ER"].definition, CHECKPOINT_RUN)
+    setup = experiment.prepare(definition("ER"), CHECKPOINT_RUN)
     names = experiment.metric_names(setup.agent)
     rng = np.random.default_rng(0)
     state = jax.tree.map(lambda s: rng.integers(0, 2, s.shape).astype(s.dtype), setup.shapes)

@@ -462,3 +462,23 @@ def test_a_cache_that_fills_during_a_run_is_one_line(tmp_path, capsys, monkeypat
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("warning: cannot save the traced program ") and not caught
     jax.config.update("jax_enable_compilation_cache", False)
+
+
+# --------------------------------------------------------------------------------------------
+# Found by the fuzzing (tests/test_fuzz.py), shrunk
+# --------------------------------------------------------------------------------------------
+
+
+def test_found_a_refused_type_whose_name_holds_a_vertical_tab_is_one_line(tmp_path, capsys):
+    """A bit flip turned a protocol-0 pickle's newline after `system` into a vertical tab: the
+    refused type's name then held it, and the refusal printed as two lines."""
+    path = tmp_path / "fuzzed.out"
+    path.write_bytes(
+        b"(dp0\nVmetrics\np1\n(dp2\nVreward_rates\np3\n(lp4\ncposix\nsystem\x0bp5\n"
+        b"(Vtouch /tmp/fuzz-pickle-ran-code\np6\ntp7\nRp8\nassVy\np9\nNs."
+    )
+    with pytest.raises(SystemExit) as info:
+        plot_metric.main(["--data", str(path), "--no-show"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1
+    assert "refused type posix.system\\x0bp5" in lines[0]

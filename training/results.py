@@ -142,7 +142,7 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in ALLOWED:
             return ALLOWED[(module, name)]
-        raise pickle.UnpicklingError(f"refused type {module}.{name}")
+        raise pickle.UnpicklingError(f"refused type {printable(f'{module}.{name}')}")
 
 
 def load_pickle(path: str, kind: str = ".out"):
@@ -168,7 +168,14 @@ def load_pickle(path: str, kind: str = ".out"):
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+    return printable(str(error).splitlines()[0]) if str(error) else type(error).__name__
+
+
+def printable(text: str) -> str:
+    """`text` from a file, with its control characters escaped: a vertical tab or a form feed in
+    a name a damaged pickle holds would split the one line a refusal prints (found by
+    `tests/test_fuzz.py`)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def load_out(path: str) -> dict:
