@@ -48,7 +48,7 @@ def test_pair_sharding_uses_as_many_devices_as_the_axes_allow():
 _SHARDED_EQUALS_UNSHARDED = """
 import functools, json, sys
 import jax, jax.numpy as jnp, numpy as np
-from helpers import tiny_config
+from helpers import definition, tiny_config
 import environments, train_ER_DQN
 from training import compilation, config
 assert len(jax.devices()) == 4

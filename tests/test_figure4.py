@@ -490,7 +490,9 @@ def test_update_flops_follow_the_observation_size():
     FLOPs: ButtonGrid's observation (300 bits) is larger than ProcMaze's (64), PanFlute's (15)
     smaller."""
     flops = {
-        env: estimate.update_flops("ER", load_json(f4.config_path(Cell("ER", env, "high"))))
+        env: estimate.update_flops(
+            definition("ER"), load_json(f4.config_path(Cell("ER", env, "high")))
+        )
         for env in f4.ENVIRONMENTS
     }
     assert flops["ButtonGrid"] > flops["ProcMaze"] > flops["PanFlute"] > 0

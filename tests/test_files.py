@@ -157,7 +157,7 @@ def test_a_second_writer_stops_at_once_and_a_dead_holder_does_not_block(tmp_path
     first.send_signal(signal.SIGKILL)  # the holder dies; its lock file stays behind
     first.communicate()
     assert (tmp_path / "run.lock").exists()
-    code, lines = finish(start(tmp_path, {**LONG, "num_steps": 100}, "run"))
+    code, lines = finish(start(tmp_path, {**LONG, "num_steps": 100}, "run", "--restart"))
     assert code == 0, lines  # the stale lock file does not block
     assert not (tmp_path / "run.lock").exists()
 
