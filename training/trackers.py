@@ -91,7 +91,7 @@ class RunSpec(NamedTuple):
 
 def group_name(output: str) -> str:
     """The runs of an output prefix are grouped under the prefix as typed when it lies below the
-    working folder (`runs/ER`), else under its last part."""
+    working folder (`runs/demo`), else under its last part."""
     relative = os.path.relpath(os.path.abspath(output))
     return os.path.basename(output) if relative.startswith("..") else relative
 
