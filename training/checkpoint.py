@@ -101,12 +101,12 @@ def refuse_start_over(path: str, cfg: dict) -> None:
     for candidate in (path, paths.previous(path)):
         if not os.path.lexists(candidate):
             continue
-        try:
-            with np.load(candidate, allow_pickle=False) as archive:
-                chunks = json.loads(str(archive["meta"]))["chunks_done"]
-            where = f"holds a run at step {int(chunks) * cfg['eval_frequency']}"
-        except Exception:  # a damaged one is still someone's checkpoint
-            where = "is a checkpoint (damaged: its step cannot be read)"
+        step = _step_of(candidate)
+        where = (
+            f"holds a run at step {step}"
+            if step is not None  # a damaged one is still someone's checkpoint
+            else "is a checkpoint (damaged: its step cannot be read)"
+        )
         raise CheckpointError(
             f"{candidate} {where} of {cfg['num_steps']}: starting again would replace it; go on "
             "from it with --resume, or start again from step 0 with --restart"
@@ -117,13 +117,21 @@ def steps_done(path: str) -> int:
     """Environment steps the latest whole checkpoint (or the one before it) has done, 0 without
     one; reads its metadata only, for a driver watching a run from outside."""
     for candidate in (path, paths.previous(path)):
-        try:
-            with np.load(candidate) as saved:
-                meta = json.loads(str(saved["meta"]))
-            return meta["chunks_done"] * meta["config"]["eval_frequency"]
-        except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
-            continue
+        step = _step_of(candidate)
+        if step is not None:
+            return step
     return 0
+
+
+def _step_of(path: str) -> int | None:
+    """The environment step a checkpoint file holds, from its metadata alone; None when the
+    file is missing or its step cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+        return int(meta["chunks_done"]) * int(meta["config"]["eval_frequency"])
+    except (OSError, EOFError, KeyError, TypeError, ValueError, RecursionError, zipfile.BadZipFile):
+        return None
 
 
 def load(
