@@ -510,7 +510,8 @@ def test_estimate_measures_and_prints_the_table(capsys):
     assert tune[1] == final[1] == "4"  # 1 agent x 2 environments x 2 regimes
     # env-steps: tune 2 x 2 points x 2 seeds x 200 steps per job, final 2 seeds x 200 steps
     assert float(tune[2]) == 4 * 8 * 200 and float(final[2]) == 4 * 2 * 200
-    assert 0 < float(final[3]) < float(tune[3])
+    # Hours at three decimals: compiling dominates at --quick sizes, so the two may print alike
+    assert 0 < float(final[3]) <= float(tune[3])
     assert "This fits this machine" in out
 
 
