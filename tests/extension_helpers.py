@@ -1,7 +1,9 @@
 """Helpers of the tests that extend a copy of the project as the README says (a toy environment,
 a toy agent), run its scripts there, and check which files the extension touched. No jax."""
 
+import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -9,6 +11,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# What the shipped ER config needs to be small (its environment aside), and a 2 x 2 grid.
+TINY = {
+    "num_hidden_layers": 1,
+    "num_hidden_units": 16,
+    "batch_size": 8,
+    "buffer_size": 500,
+    "eval_steps": 20,
+    "eval_batch_size": 4,
+}
+GRID = {"alpha_adam": [1e-3, 3e-3], "softmax_temp": [0.1, 1.0]}
 _GIT = ("git", "-c", "user.name=extension test", "-c", "user.email=test@localhost")
 
 
@@ -77,3 +89,39 @@ def ok(process: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     """`process`, which must have exited 0 (else the test fails with its output's end)."""
     assert process.returncode == 0, (process.args, process.stdout[-2000:], process.stderr[-3000:])
     return process
+
+
+def tiny_config(**changes) -> dict:
+    """The shipped ER config made small and short, with `changes`."""
+    raw = json.loads((ROOT / "configs" / "ER.json").read_text())
+    raw.update(TINY, num_seeds=2, num_steps=200, training_start_time=50, eval_frequency=50)
+    return {**raw, "save_frequency": 100, **changes}
+
+
+def train_grid_and_rank(project: Path, script: str, changes: dict, runs: Path) -> dict:
+    """Train `tiny_config` with `changes` on the 2 x 2 `GRID` with the copy's `script` into
+    `runs/g` (one `.out` per point), then rank its points with `sweep_summary.py` (which must
+    name the best and draw the grid): the first point's record."""
+    config = runs / "grid.json"
+    config.write_text(json.dumps(tiny_config(**changes, **GRID)))
+    ok(run_python(project, script, "-q", "-c", str(config), "-o", str(runs / "g")))
+    outs = sorted(runs.glob("g_*.out"))
+    picture = runs / "grid.png"
+    flags = ["--no-show", "--save", str(picture), "--data", *map(str, outs)]
+    summary = ok(run_python(project, "sweep_summary.py", *flags))
+    assert "best" in summary.stdout and picture.exists()
+    assert len(outs) == 4, outs
+    with open(outs[0], "rb") as f:
+        return pickle.load(f)
+
+
+def benchmark_one(project: Path, agent: str, changes: dict, runs: Path) -> dict:
+    """The copy's `benchmark.py` on `agent` with the config `changes` (one seed, one timed chunk,
+    no second launch): its one result row."""
+    path = runs / "changes.json"
+    path.write_text(json.dumps(changes))
+    output = runs / "benchmark"
+    flags = ["--agents", agent, "--seeds", "1", "--chunks", "1", "--no-second-launch"]
+    ok(run_python(project, "benchmark.py", *flags, "--config", str(path), "--output", str(output)))
+    (row,) = json.loads(output.with_suffix(".json").read_text())["results"]
+    return row

@@ -1,8 +1,9 @@
 """What the tests share, other than fixtures (those are in `conftest.py`): tiny configs of every
 agent of the registry, training one (as a user would, through its script, or in this process),
 checks of a `.out` record, the score of a random policy under the agents' evaluation, fake
-`.out` files, and running the scripts that read them."""
+`.out` files, running the scripts that read them, a small checkpoint and a small filesystem."""
 
+import contextlib
 import json
 import os
 import pickle
@@ -14,11 +15,12 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import agents
 import environments
 from agent_registry import AGENTS
-from training import config, loop
+from training import checkpoint, cli, config, loop
 from training.definition import AgentDefinition
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,3 +278,76 @@ def run_quick_driver(*flags, cache_dir):
     )
     assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
     return process, time.time() - start
+
+
+def start_script(name: str, raw: dict, tmp_path, output: str, *flags) -> subprocess.Popen:
+    """Agent `name`'s script on `raw`, writing `tmp_path/output`, started as a user would (quiet),
+    its stdout and stderr piped."""
+    path = tmp_path / f"{output}.json"
+    path.write_text(json.dumps(raw))
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, SCRIPTS[name]), f"--config={path}", "--quiet"]
+        + [f"--output={tmp_path / output}", *flags],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # One compilation cache for the runs of a test: later launches load the program.
+        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")},
+    )
+
+
+def main_in_process(name: str, tmp_path, capsys, raw: dict, *flags) -> tuple[int, list[str]]:
+    """Agent `name`'s command line in this process on `raw`, quiet: (exit status, stderr lines)."""
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(raw))
+    code = 0
+    try:
+        cli.main(definition(name), [f"--config={path}", "--quiet", *flags])
+    except SystemExit as exit:
+        code = exit.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
+
+
+def small_checkpoint(tmp_path):
+    """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2.
+    (path, config, state, state's shapes, progress)"""
+    cfg = {
+        **config.validate_config(tiny_config("ER"), definition("ER")),
+        "agent_type": "ER",
+        "seed": 0,
+    }
+    state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
+    path = str(tmp_path / "run.ckpt")
+    checkpoint.save(path, cfg, state, checkpoint.Progress(1, 50, [0], history), PROVENANCE)
+    history = {name: values * 2 for name, values in history.items()}
+    progress = checkpoint.Progress(2, 100, [0, 50], history)
+    checkpoint.save(path, cfg, state, progress, PROVENANCE)
+    return path, cfg, state, shapes, progress
+
+
+@contextlib.contextmanager
+def small_filesystem(path, options: str):
+    """A tmpfs mounted at `path` (root only; the test is skipped where mounting is refused)."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(folder) -> None:
+    """Write until the filesystem is full."""
+    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)

@@ -4,32 +4,23 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
-from helpers import ROOT, SCRIPTS, definition, load_pickle, tiny_config
+from helpers import (
+    PROVENANCE,
+    definition,
+    load_pickle,
+    small_checkpoint,
+    start_script,
+    tiny_config,
+)
 
 from training import checkpoint, config, schema
 
 NUM_STEPS = 1000  # 20 chunks of 50 steps: long enough to be killed part-way
-
-
-def start(agent_type: str, raw: dict, tmp_path, output: str, *flags) -> subprocess.Popen:
-    path = tmp_path / f"{output}.json"
-    path.write_text(json.dumps(raw))
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, SCRIPTS[agent_type]), "--seed=1", f"--config={path}"]
-        + [f"--output={tmp_path / output}", "--quiet", *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # One compilation cache for all the runs of a test: later launches load the program.
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")},
-    )
 
 
 def finish(process: subprocess.Popen) -> str:
@@ -76,9 +67,9 @@ CASES = {
 @pytest.mark.parametrize("agent_type", list(CASES))
 def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(agent_type, tmp_path):
     raw = tiny_config(agent_type, num_steps=NUM_STEPS, checkpoint_frequency=50, **CASES[agent_type])
-    finish(start(agent_type, raw, tmp_path, "whole"))
+    finish(start_script(agent_type, raw, tmp_path, "whole"))
 
-    killed = start(agent_type, raw, tmp_path, "cut")
+    killed = start_script(agent_type, raw, tmp_path, "cut")
     kill_after_two_checkpoints(killed, tmp_path / "cut.ckpt")
     assert killed.returncode == -signal.SIGKILL
     out = next(name for name in output_files(tmp_path, "cut") if name.endswith(".out"))
@@ -88,7 +79,7 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(agent_type,
         latest = tmp_path / "cut.ckpt"
         latest.write_bytes(latest.read_bytes()[:1000])
 
-    stderr = finish(start(agent_type, raw, tmp_path, "cut", "--resume"))
+    stderr = finish(start_script(agent_type, raw, tmp_path, "cut", "--resume"))
     if agent_type == "ER":
         (line,) = [line for line in stderr.splitlines() if "damaged" in line]
         assert line.startswith(f"warning: {tmp_path / 'cut.ckpt'} is damaged (")
@@ -98,14 +89,14 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_run(agent_type,
 
 def test_extend_a_finished_run_and_refuse_a_changed_config(tmp_path):
     raw = tiny_config("ER", num_steps=200)
-    finish(start("ER", raw, tmp_path, "short"))
+    finish(start_script("ER", raw, tmp_path, "short"))
     longer = {**raw, "num_steps": 400}
     # Changing only num_steps extends a finished run: as if it had been 400 steps long.
-    finish(start("ER", longer, tmp_path, "short", "--resume"))
-    finish(start("ER", longer, tmp_path, "long"))
+    finish(start_script("ER", longer, tmp_path, "short", "--resume"))
+    finish(start_script("ER", longer, tmp_path, "long"))
     assert_same_files(tmp_path, "long", "short")
 
-    changed = start("ER", {**longer, "gamma": 0.5}, tmp_path, "short", "--resume")
+    changed = start_script("ER", {**longer, "gamma": 0.5}, tmp_path, "short", "--resume")
     _, stderr = changed.communicate(timeout=300)
     assert changed.returncode == 2
     (line,) = stderr.strip().splitlines()
@@ -116,27 +107,6 @@ def test_extend_a_finished_run_and_refuse_a_changed_config(tmp_path):
 # ------------------------------------------------------------------------------------------
 # The checkpoint file itself
 # ------------------------------------------------------------------------------------------
-
-
-PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
-
-
-def small_checkpoint(tmp_path):
-    """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2."""
-    cfg = {
-        **config.validate_config(tiny_config("ER"), definition("ER")),
-        "agent_type": "ER",
-        "seed": 0,
-    }
-    state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
-    path = str(tmp_path / "run.ckpt")
-    checkpoint.save(path, cfg, state, checkpoint.Progress(1, 50, [0], history), PROVENANCE)
-    history = {name: values * 2 for name, values in history.items()}
-    progress = checkpoint.Progress(2, 100, [0, 50], history)
-    checkpoint.save(path, cfg, state, progress, PROVENANCE)
-    return path, cfg, state, shapes, progress
 
 
 def test_a_checkpoint_loads_with_numpy_and_restores_state_and_progress(tmp_path):

@@ -4,31 +4,23 @@
 line, and no other file is touched."""
 
 import json
-import pickle
 
 from extension_helpers import (
-    ROOT,
+    TINY,
+    benchmark_one,
     copy_project,
-    ok,
     readme_code_blocks,
     replace_once,
     run_python,
+    tiny_config,
     touched_files,
+    train_grid_and_rank,
 )
 
 HEADING = "## Adding an agent"
 LAST_IMPORT = "import train_simple_model_DQN\n"
 LAST_ROW_END = '"Gaussian latent model"\n    ),\n'
-TINY = {  # the shipped ER config made small
-    "num_hidden_layers": 1,
-    "num_hidden_units": 16,
-    "batch_size": 8,
-    "buffer_size": 500,
-    "eval_steps": 20,
-    "eval_batch_size": 4,
-    "env_config": {"grid_size": 3},
-}
-GRID = {"alpha_adam": [1e-3, 3e-3], "softmax_temp": [0.1, 1.0]}
+PROCMAZE = {"env_config": {"grid_size": 3}}  # ER's ProcMaze made small
 
 
 def add_the_readme_agent(project):
@@ -41,12 +33,6 @@ def add_the_readme_agent(project):
     replace_once(path, LAST_ROW_END, LAST_ROW_END + registry_row)
 
 
-def tiny_config(**changes):
-    raw = json.loads((ROOT / "configs" / "ER.json").read_text())
-    raw.update(TINY, num_seeds=2, num_steps=200, training_start_time=50, eval_frequency=50)
-    return {**raw, "save_frequency": 100, **changes}
-
-
 def test_adding_an_agent_touches_its_file_and_the_registry_only(tmp_path):
     project = copy_project(tmp_path / "project")
     add_the_readme_agent(project)
@@ -55,43 +41,22 @@ def test_adding_an_agent_touches_its_file_and_the_registry_only(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
 
-    # Train a 2 x 2 grid of it with its own script: one run, one .out per grid point.
-    config = runs / "online_grid.json"
-    config.write_text(json.dumps(tiny_config(**GRID)))
-    ok(run_python(project, "train_online_DQN.py", "-q", "-c", str(config), "-o", str(runs / "o")))
-    outs = sorted(runs.glob("o_*.out"))
-    assert len(outs) == 4, outs
-    with open(outs[0], "rb") as f:
-        record = pickle.load(f)
+    # Train a 2 x 2 grid of it with its own script (one run, one .out per point), rank it.
+    record = train_grid_and_rank(project, "train_online_DQN.py", PROCMAZE, runs)
     assert record["config"].agent_type == "online_DQN"
     assert len(record["metrics"]["reward_rates"]) == 4
     assert "q_loss" in record["metrics"]  # the Q step's diagnostics, as for every agent
 
     # A key of another family is refused in one line, naming the agent.
     bad = runs / "bad.json"
-    bad.write_text(json.dumps(tiny_config(rollout_length=3)))
+    bad.write_text(json.dumps(tiny_config(**PROCMAZE, rollout_length=3)))
     output = str(runs / "b")
     refused = run_python(project, "train_online_DQN.py", "-q", "-c", str(bad), "-o", output)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
     assert "rollout_length: unknown key (not used by the online_DQN agent)" in refused.stderr
 
-    # Rank the grid.
-    picture = runs / "grid.png"
-    flags = ["--no-show", "--save", str(picture), "--data", *map(str, outs)]
-    summary = ok(run_python(project, "sweep_summary.py", *flags))
-    assert "best" in summary.stdout and picture.exists()
-
-    # Benchmark it by its registry name (one seed, one timed chunk, no second launch).
-    changes = runs / "changes.json"
-    changes.write_text(json.dumps(TINY))
-    benchmark = runs / "benchmark"
-    flags = ["--agents", "online_DQN", "--seeds", "1", "--chunks", "1", "--no-second-launch"]
-    ok(
-        run_python(
-            project, "benchmark.py", *flags, "--config", str(changes), "--output", str(benchmark)
-        )
-    )
-    (row,) = json.loads(benchmark.with_suffix(".json").read_text())["results"]
+    # Benchmark it by its registry name.
+    row = benchmark_one(project, "online_DQN", {**TINY, **PROCMAZE}, runs)
     assert row["agent"] == "online_DQN" and row["steps_per_s"] > 0 and row["mflop_per_step"] > 0
 
     # The Figure 4 driver refuses it in one line: it has no row in the paper's table.

@@ -4,32 +4,26 @@ Each stops with one line, or repairs what it can."""
 
 import contextlib
 import errno
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from helpers import ROOT, SCRIPTS, definition, load_pickle, tiny_config
+from helpers import (
+    definition,
+    fill,
+    load_pickle,
+    main_in_process,
+    small_filesystem,
+    start_script,
+    tiny_config,
+)
 
 import train_ER_DQN
-from training import cli, compilation, config, experiment, files, results
+from training import compilation, config, experiment, files, results
 
 FAST = {"training_start_time": 0, "save_params": True}
-
-
-def main_er(tmp_path, capsys, raw: dict, *flags) -> tuple[int, list[str]]:
-    """`train_ER_DQN.py` in this process: (exit status, stderr lines)."""
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(raw))
-    code = 0
-    try:
-        cli.main(train_ER_DQN.DEFINITION, [f"--config={path}", "--quiet", *flags])
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.fixture
@@ -44,7 +38,7 @@ def no_compilation(monkeypatch):
 
 def test_an_output_prefix_that_names_a_folder_is_one_line(tmp_path, capsys, no_compilation):
     raw = tiny_config("ER", **FAST)
-    code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path}/runs/")
+    code, lines = main_in_process("ER", tmp_path, capsys, raw, f"--output={tmp_path}/runs/")
     assert code == 2 and len(lines) == 1
     assert lines[0].startswith("--output: ") and "names a folder" in lines[0]
     assert f"{tmp_path}/runs/run" in lines[0]  # what to give instead
@@ -56,7 +50,9 @@ def test_a_folder_where_a_file_goes_is_one_line_before_compiling(
     tmp_path, capsys, no_compilation, suffix
 ):
     (tmp_path / f"run{suffix}").mkdir()
-    code, lines = main_er(tmp_path, capsys, tiny_config("ER"), f"--output={tmp_path / 'run'}")
+    code, lines = main_in_process(
+        "ER", tmp_path, capsys, tiny_config("ER"), f"--output={tmp_path / 'run'}"
+    )
     assert code == 2 and lines == [
         f"--output: {tmp_path / 'run'}{suffix} is a folder, where the run writes a file"
     ]
@@ -72,7 +68,7 @@ def test_configs_that_cannot_do_what_they_say_are_warned_about(tmp_path, capsys)
     ]
     assert config.warnings(config.validate_config(tiny_config("ER"), definition("ER"))) == []
     raw = tiny_config("ER", num_steps=50, training_start_time=50, save_params=False)
-    code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
+    code, lines = main_in_process("ER", tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
     assert code == 0 and lines == [
         "warning: training_start_time 50 >= num_steps 50: no update will ever run"
     ]
@@ -107,7 +103,9 @@ def test_ctrl_c_before_training_is_one_line(tmp_path, capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(experiment, "compile_setup", interrupt)
-    code, lines = main_er(tmp_path, capsys, tiny_config("ER"), f"--output={tmp_path / 'run'}")
+    code, lines = main_in_process(
+        "ER", tmp_path, capsys, tiny_config("ER"), f"--output={tmp_path / 'run'}"
+    )
     assert code == 130 and len(lines) == 1 and lines[0].startswith("interrupted: ")
     assert not (tmp_path / "run.lock").exists()  # the lock goes with the run
 
@@ -117,21 +115,6 @@ def test_ctrl_c_before_training_is_one_line(tmp_path, capsys, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 LONG = tiny_config("ER", num_steps=3000, eval_frequency=50, checkpoint_frequency=1000, **FAST)
-
-
-def start(tmp_path, raw: dict, output: str, *flags) -> subprocess.Popen:
-    path = tmp_path / f"{output}.json"
-    path.write_text(json.dumps(raw))
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={path}", "--quiet"]
-        + [f"--output={tmp_path / output}", *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # One compilation cache for the runs of a test: later launches load the program.
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")},
-    )
 
 
 def wait_for(path, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -148,16 +131,18 @@ def finish(process: subprocess.Popen) -> tuple[int, list[str]]:
 
 
 def test_a_second_writer_stops_at_once_and_a_dead_holder_does_not_block(tmp_path):
-    first = start(tmp_path, {**LONG, "num_steps": 30000}, "run")
+    first = start_script("ER", {**LONG, "num_steps": 30000}, tmp_path, "run")
     wait_for(tmp_path / "run.out", first)  # it holds the lock and is training
-    code, lines = finish(start(tmp_path, LONG, "run"))
+    code, lines = finish(start_script("ER", LONG, tmp_path, "run"))
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith(f"--output: {tmp_path / 'run.lock'} is held by pid {first.pid} on ")
     assert first.poll() is None  # still training: the second process stopped at once
     first.send_signal(signal.SIGKILL)  # the holder dies; its lock file stays behind
     first.communicate()
     assert (tmp_path / "run.lock").exists()
-    code, lines = finish(start(tmp_path, {**LONG, "num_steps": 100}, "run", "--restart"))
+    code, lines = finish(
+        start_script("ER", {**LONG, "num_steps": 100}, tmp_path, "run", "--restart")
+    )
     assert code == 0, lines  # the stale lock file does not block
     assert not (tmp_path / "run.lock").exists()
 
@@ -166,13 +151,13 @@ def test_a_second_writer_stops_at_once_and_a_dead_holder_does_not_block(tmp_path
 def whole(tmp_path_factory):
     """The uninterrupted run that interrupted ones must end as."""
     folder = tmp_path_factory.mktemp("whole")
-    assert finish(start(folder, LONG, "whole"))[0] == 0
+    assert finish(start_script("ER", LONG, folder, "whole"))[0] == 0
     return folder
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_checkpoints_at_the_chunks_end_and_resume_is_exact(tmp_path, whole, signum):
-    stopped = start(tmp_path, LONG, "cut")
+    stopped = start_script("ER", LONG, tmp_path, "cut")
     wait_for(tmp_path / "cut.out", stopped)
     stopped.send_signal(signum)
     code, lines = finish(stopped)
@@ -184,36 +169,14 @@ def test_a_signal_checkpoints_at_the_chunks_end_and_resume_is_exact(tmp_path, wh
     )
     step = int(lines[-1].split(" at step ")[1].split()[0])
     assert 0 < step < 3000 and step % 50 == 0  # a chunk's end, not the periodic checkpoint
-    assert finish(start(tmp_path, LONG, "cut", "--resume"))[0] == 0
+    assert finish(start_script("ER", LONG, tmp_path, "cut", "--resume"))[0] == 0
     for suffix in (".out", ".params"):
         assert (tmp_path / f"cut{suffix}").read_bytes() == (whole / f"whole{suffix}").read_bytes()
 
 
-@contextlib.contextmanager
-def small_filesystem(path, options: str):
-    """A tmpfs mounted at `path` (root only; the test is skipped where mounting is refused)."""
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder) -> None:
-    """Write until the filesystem is full."""
-    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
-
-
 def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, whole):
     with small_filesystem(tmp_path / "disk", "size=2m") as disk:
-        run = start(disk, LONG, "run")
+        run = start_script("ER", LONG, disk, "run")
         wait_for(disk / "run.ckpt", run)
         fill(disk)
         code, lines = finish(run)
@@ -222,7 +185,7 @@ def test_a_full_disk_is_one_line_and_the_last_checkpoint_survives(tmp_path, whol
         assert lines[0].endswith("is intact: go on with --resume once there is room")
         assert f"the last checkpoint, {disk / 'run.ckpt'} (step " in lines[0]
         os.remove(disk / "filler")
-        assert finish(start(disk, LONG, "run", "--resume"))[0] == 0
+        assert finish(start_script("ER", LONG, disk, "run", "--resume"))[0] == 0
         for suffix in (".out", ".params"):
             assert (disk / f"run{suffix}").read_bytes() == (whole / f"whole{suffix}").read_bytes()
 
@@ -241,7 +204,7 @@ def test_the_compiled_loops_temporaries_count_before_the_first_chunk(tmp_path, c
     state = compilation.training_state_bytes(setup.shapes)[0]
     just_enough = state + setup.metrics + setup.evaluation + 1  # the evaluation fits too
     monkeypatch.setattr(compilation, "available_memory", lambda devices: (just_enough, "a test"))
-    code, lines = main_er(tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
+    code, lines = main_in_process("ER", tmp_path, capsys, raw, f"--output={tmp_path / 'run'}")
     assert code == 2 and len(lines) == 1, lines
     assert (
         "the compiled loop's temporaries" in lines[0]

@@ -4,12 +4,10 @@ another, checkpoint metadata that disagrees with its arrays, sizes that grow wor
 once ended in tracebacks, silent wrong results, and a full compilation cache. Most stop before
 anything compiles; one test trains a tiny run."""
 
-import contextlib
 import json
 import os
 import pickle
 import shutil
-import subprocess
 import time
 import types
 import warnings
@@ -18,13 +16,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import (
+    PROVENANCE,
+    fill,
+    main_in_process,
+    small_checkpoint,
+    small_filesystem,
+    tiny_config,
+)
 
 import plot_metric
 from train_ER_DQN import DEFINITION as ER
 from training import (
     checkpoint,
-    cli,
     compilation,
     config,
     experiment,
@@ -34,55 +38,6 @@ from training import (
 )
 
 FAST = {"training_start_time": 0, "save_params": True}
-PROVENANCE = {"project": "abc", "jax": "0.10.2", "device": "cpu"}
-
-
-def main_er(tmp_path, capsys, raw: dict, *flags) -> tuple[int, list[str]]:
-    """`train_ER_DQN.py` in this process: (exit status, stderr lines)."""
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(raw))
-    code = 0
-    try:
-        cli.main(ER, [f"--config={path}", "--quiet", *flags])
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
-def small_checkpoint(tmp_path):
-    """Two generations of a small checkpoint: after chunk 1 (kept as `.prev`), after chunk 2."""
-    cfg = {**config.validate_config(tiny_config("ER"), ER), "agent_type": "ER", "seed": 0}
-    state = {"w": np.arange(6, dtype=np.float32).reshape(1, 2, 3), "n": np.zeros((1, 2), np.int32)}
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-    history = {"reward_rates": [np.ones((1, 2), np.float32)], "diverged": [np.zeros((1, 2), bool)]}
-    path = str(tmp_path / "run.ckpt")
-    checkpoint.save(path, cfg, state, checkpoint.Progress(1, 50, [0], history), PROVENANCE)
-    history = {name: values * 2 for name, values in history.items()}
-    progress = checkpoint.Progress(2, 100, [0, 50], history)
-    checkpoint.save(path, cfg, state, progress, PROVENANCE)
-    return path, cfg, state, shapes, progress
-
-
-@contextlib.contextmanager
-def small_filesystem(path, options: str):
-    """A tmpfs mounted at `path` (root only; the test is skipped where mounting is refused)."""
-    path.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder) -> None:
-    """Write until the filesystem is full."""
-    with open(folder / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 65536)
 
 
 class CompiledError(Exception):
@@ -98,9 +53,10 @@ def no_compilation(monkeypatch):
 
 
 def main_until_compiled(tmp_path, capsys, raw, *flags):
-    """`main_er`, stopped where it would compile: (exit status or "compiled", stderr lines)."""
+    """`main_in_process` of ER, stopped where it would compile: (exit status or "compiled",
+    stderr lines)."""
     try:
-        return main_er(tmp_path, capsys, raw, *flags)
+        return main_in_process("ER", tmp_path, capsys, raw, *flags)
     except CompiledError:
         return "compiled", capsys.readouterr().err.strip().splitlines()
 
@@ -172,7 +128,9 @@ def test_a_rerun_over_a_checkpoint_is_refused_naming_its_step(tmp_path, capsys, 
     assert code == 2 and lines[0].startswith(f"{prefix}.ckpt.prev holds a run at step 50 of 200")
     code, lines = main_until_compiled(tmp_path, capsys, raw, f"--output={prefix}", "--restart")
     assert code == "compiled" and not checkpoint.exists(f"{prefix}.ckpt")
-    code, lines = main_er(tmp_path, capsys, raw, f"--output={prefix}", "--restart", "--resume")
+    code, lines = main_in_process(
+        "ER", tmp_path, capsys, raw, f"--output={prefix}", "--restart", "--resume"
+    )
     assert code == 2 and lines == [
         "--resume and --restart: give one (go on, or start again from step 0)"
     ]

@@ -13,7 +13,7 @@ import time
 import types
 
 import numpy as np
-from helpers import ROOT, SCRIPTS, load_pickle, tiny_config
+from helpers import ROOT, load_pickle, start_script, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -261,21 +261,6 @@ def test_a_tracker_that_fails_while_logging_is_dropped_with_one_line(capsys):
     assert Broken.calls == 1
 
 
-def start(raw: dict, tmp_path, output: str, *flags) -> subprocess.Popen:
-    path = tmp_path / f"{output}.json"
-    path.write_text(json.dumps(raw))
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, SCRIPTS["ER"]), f"--config={path}"]
-        + [f"--output={tmp_path / output}", "--quiet", *flags],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        # One compilation cache for the runs of a test: later launches load the program.
-        env={**os.environ, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "cache")},
-    )
-
-
 def finish(process: subprocess.Popen) -> str:
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
@@ -337,15 +322,15 @@ def test_live_curves_equal_the_out_after_a_kill_and_resume(tmp_path, monkeypatch
         monkeypatch.setenv(name, value)
     raw = tiny_config("ER", num_steps=NUM_STEPS, checkpoint_frequency=100)
     flags = ("--tensorboard", "tb", "--wandb", "proj", "--wandb-mode", "offline")
-    killed = start(raw, tmp_path, "cut", *flags)
+    killed = start_script("ER", raw, tmp_path, "cut", *flags)
     wait_for_evaluations(killed, tmp_path / "cut.out", 3)  # past the checkpoint at step 100
     killed.send_signal(signal.SIGKILL)
     _, killed_stderr = killed.communicate()
     assert killed.returncode == -signal.SIGKILL
-    finish(start(raw, tmp_path, "cut", *flags, "--resume"))
+    finish(start_script("ER", raw, tmp_path, "cut", *flags, "--resume"))
     # As a kill in the last chunk leaves it: every step logged, the checkpoint before the last.
     shutil.copy(tmp_path / "cut.ckpt.prev", tmp_path / "cut.ckpt")
-    stderr = finish(start(raw, tmp_path, "cut", *flags, "--resume"))
+    stderr = finish(start_script("ER", raw, tmp_path, "cut", *flags, "--resume"))
     assert "warning" not in stderr, stderr
 
     wandb_runs = wandb_histories(tmp_path)
