@@ -7,6 +7,7 @@ import pytest
 # The tests compile afresh: no persistent compilation cache or saved programs of other runs.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
 
+import background  # noqa: E402
 import slurm_jobs  # noqa: E402
 from helpers import QUICK_PIPELINE, run_quick_driver, tiny_config  # noqa: E402
 
@@ -15,16 +16,37 @@ import train_ER_DQN  # noqa: E402
 from training import compilation, config  # noqa: E402
 
 
+def pytest_configure(config):
+    """A parallel session (`-n N`, the default: pyproject.toml) has its controller host the
+    SLURM background work; this folder carries it to the workers (`tests/background.py`)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        background.host()
+
+
 def pytest_collection_finish(session):
-    """The SLURM job of the time-limit test starts with the session: it needs minutes, nearly
-    all of them waiting, so it runs while the rest of the suite does (`tests/slurm_jobs.py`)."""
+    """The SLURM job of the time-limit test and the driver's scenarios start with the session:
+    they need minutes, nearly all of them waiting, so they run while the rest of the suite does
+    (`tests/slurm_jobs.py`). In a parallel session the controller starts them instead, once the
+    first worker has collected (below)."""
+    if background.hosted_elsewhere():
+        return
     if any(item.get_closest_marker("slurm_background") for item in session.items):
         tests = {item.name for item in session.items}
         slurm_jobs.start_background(tiny_config("ER", **slurm_jobs.TIME_LIMIT_RUN), tests)
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """The controller of a parallel session: a worker's collection is the session's selection."""
+    if not background.started():
+        tests = {nodeid.split("::")[-1].split("[")[0] for nodeid in ids}
+        slurm_jobs.start_background(tiny_config("ER", **slurm_jobs.TIME_LIMIT_RUN), tests)
+        background.mark_started()
+
+
 def pytest_sessionfinish(session):
     slurm_jobs.cancel_background()
+    background.remove()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ import subprocess
 import tempfile
 import time
 
+import background
 import slurm_scenarios
+import submitit
 
 from figure4 import executors
 from training import experiment
@@ -135,13 +137,20 @@ def start_background(raw: dict, tests: set[str] | None = None) -> None:
     if tests is None or "test_a_job_three_times_its_time_limit_finishes_through_requeues" in tests:
         folder = tempfile.mkdtemp(prefix="slurm_time_limit_")
         prefix = os.path.join(folder, "run")
-        handle = submit(os.path.join(folder, "logs"), SlowTrainingJob(1.0), raw, prefix, minutes=1)
+        logs = os.path.join(folder, "logs")
+        handle = submit(logs, SlowTrainingJob(1.0), raw, prefix, minutes=1)
         BACKGROUND.update(handle=handle, raw=raw, prefix=prefix)
+        if background.hosting():  # the workers rebuild the handle from its id and log folder
+            posted = (handle.job_id, os.path.join(logs, "%j"), raw, prefix)
+            background.post("time_limit_job", posted)
     slurm_scenarios.start(tests)
 
 
 def background_job():
     """(handle, config, prefix) of the session's background job."""
+    if background.hosted_elsewhere():
+        job_id, logs, raw, prefix = background.wait_for("time_limit_job", timeout=120)
+        return submitit.SlurmJob(folder=logs, job_id=job_id), raw, prefix
     return BACKGROUND["handle"], BACKGROUND["raw"], BACKGROUND["prefix"]
 
 

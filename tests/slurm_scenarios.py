@@ -18,6 +18,8 @@ import threading
 import time
 from typing import NamedTuple
 
+import background
+
 from training import checkpoint
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -214,18 +216,31 @@ SCENARIOS = {
 
 
 def start(tests: set[str] | None) -> None:
-    """Start the scenarios of the selected tests (every one without a selection), once each."""
+    """Start the scenarios of the selected tests (every one without a selection), once each; a
+    parallel session's controller posts each result for the workers (`tests/background.py`)."""
     for test, scenarios in SCENARIOS.items():
         for scenario in scenarios if tests is None or test in tests else ():
-            if scenario.__name__ not in FUTURES:
-                folder = tempfile.mkdtemp(prefix=f"slurm_{scenario.__name__}_")
-                FUTURES[scenario.__name__] = POOL.submit(scenario, folder)
+            name = scenario.__name__
+            if name not in FUTURES:
+                folder = tempfile.mkdtemp(prefix=f"slurm_{name}_")
+                FUTURES[name] = POOL.submit(scenario, folder)
+                if background.hosting():
+                    FUTURES[name].add_done_callback(lambda done, name=name: post(name, done))
+
+
+def post(name: str, done: concurrent.futures.Future) -> None:
+    if not done.cancelled():
+        background.post(name, done.exception() or done.result())
 
 
 def result(test: str, scenario=None) -> dict:
-    """The result of the test's (first) scenario, started now when the session did not."""
+    """The result of the test's (first) scenario: from the controller in a parallel session,
+    else from this process, started now when the session did not."""
+    name = (scenario or SCENARIOS[test][0]).__name__
+    if background.hosted_elsewhere():
+        return background.wait_for(name, timeout=TIMEOUT)
     start({test})
-    return FUTURES[(scenario or SCENARIOS[test][0]).__name__].result(timeout=TIMEOUT)
+    return FUTURES[name].result(timeout=TIMEOUT)
 
 
 def stop() -> None:
