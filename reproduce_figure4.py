@@ -13,7 +13,7 @@ or more, always run in this order; default `final plot`):
 - tune: one grid run per cell over step size × softmax temperature (default: the powers of two
   the table's values come from, 10 × 11 points), `--tune-seeds` seeds per point;
 - select: the best grid point per cell by return averaged over the run and its seeds (95%
-  bootstrap interval over seeds, `sweep_summary.py`), written as `selected/<cell>.json`;
+  bootstrap interval over seeds, `grids.py`), written as `selected/<cell>.json`;
 - final: the config's 30 seeds at the table's values (`--hyperparameters table`, default) or the
   selected ones (`--hyperparameters selected`);
 - plot: `figure4.png`, one panel per environment × regime, one line per agent.
@@ -36,7 +36,8 @@ import shutil
 import signal
 import sys
 
-import sweep_summary
+import grids
+import scoring
 from agent_registry import AGENTS
 from figure4 import estimate, executors, figure, plan
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
@@ -115,7 +116,7 @@ def run_stage(jobs: list[Job], args) -> list[str]:
 
 
 def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
-    """Rank the cell's finished grid points along the axes its tune job built (sweep_summary),
+    """Rank the cell's finished grid points along the axes its tune job built (`grids`),
     write the best as a config; return the line to print. Points of another version count only
     with `--other-versions keep`."""
     job = plan.tune_job(cell, the_plan)
@@ -127,7 +128,7 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     if not finished:
         return f"{cell.name}: no finished tune outputs in {os.path.dirname(job.prefix)}"
     try:
-        runs, axes, ranked = sweep_summary.summarise(finished, METRIC, False, axes=list(job.axes))
+        runs, axes, ranked = grids.summarise(finished, METRIC, False, axes=list(job.axes))
     except ResultsError as error:
         return f"{cell.name}: cannot rank its grid: {error}"
     best = ranked[0]
@@ -137,7 +138,7 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     # The real-size config with the tuned values: `final` shrinks it again under a preset.
     raw = plan.with_hyperparameters(plan.table_config(cell), cell.agent, step, temp)
     write_if_changed(plan.selected_path(the_plan.out_dir, cell), plan.config_text(raw))
-    fmt = sweep_summary.number_format([best])
+    fmt = scoring.number_format([best])
     table_step, table_temp = plan.TABLE[cell.agent][cell.env][cell.regime]
     # Each point left out by name: a cut-short or foreign file must not vanish from a ranking.
     unfinished = [
@@ -156,9 +157,7 @@ def select_cell(cell: Cell, the_plan: Plan, other_versions: str) -> str:
     if others:
         notes.append(f"{others} points of another version left out (--other-versions keep)")
     if min(len(v) for v in job.axes.values()) > 2:  # else every point is on an edge
-        notes += [
-            w.removeprefix("warning: ") for w in sweep_summary.edge_warnings(best, runs, axes)
-        ]
+        notes += [w.removeprefix("warning: ") for w in grids.edge_warnings(best, runs, axes)]
     return (
         f"{cell.name}: {key}={step!r} softmax_temp={temp!r} "
         f"return {fmt.format(best.score)} [{fmt.format(best.low)}, {fmt.format(best.high)}] "

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from helpers import headless_env, run_tool  # noqa: E402
 
+import grids  # noqa: E402
 import scoring  # noqa: E402
 import sweep_summary  # noqa: E402
 
@@ -93,14 +94,14 @@ def assert_png(path, min_bytes=10_000):
 
 def test_axes_are_the_numeric_keys_that_differ(tmp_path):
     runs = [scoring.load_run(p) for p in write_grid(tmp_path)]
-    assert sweep_summary.find_axes(runs) == ["alpha_adam", "softmax_temp"]
-    assert sweep_summary.axis_values(runs, "alpha_adam") == ALPHAS
-    assert sweep_summary.axis_values(runs, "softmax_temp") == TEMPS
+    assert grids.find_axes(runs) == ["alpha_adam", "softmax_temp"]
+    assert grids.axis_values(runs, "alpha_adam") == ALPHAS
+    assert grids.axis_values(runs, "softmax_temp") == TEMPS
 
 
 def test_one_file_is_a_one_point_grid(tmp_path):
     path = write_point(tmp_path, -7.0, alpha_adam=5e-05)
-    runs, axes, ranked = sweep_summary.summarise([path], "reward_rates", minimize=False)
+    runs, axes, ranked = grids.summarise([path], "reward_rates", minimize=False)
     assert axes == [] and len(ranked) == 1
     assert ranked[0].score == pytest.approx(-7.0)
 
@@ -109,8 +110,8 @@ def test_files_from_different_environments_are_not_one_grid(tmp_path):
     a = write_point(tmp_path, -5.0, alpha_adam=5e-05)
     b = write_point(tmp_path, -5.0, environment="ButtonGrid", prefix="other", alpha_adam=1e-04)
     runs = [scoring.load_run(p) for p in (a, b)]
-    with pytest.raises(sweep_summary.SweepError, match="'environment' differs"):
-        sweep_summary.find_axes(runs)
+    with pytest.raises(grids.GridError, match="'environment' differs"):
+        grids.find_axes(runs)
     proc = run_script("--data", a, b, "--no-show", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -123,13 +124,13 @@ def test_a_file_from_before_a_key_existed_reads_it_at_its_default(tmp_path):
     new = write_point(tmp_path, -5.0, alpha_adam=5e-05, matmul_precision="default")
     old = write_point(tmp_path, -6.0, prefix="old", alpha_adam=1e-04)  # no matmul_precision
     runs = [scoring.load_run(p) for p in (new, old)]
-    assert sweep_summary.find_axes(runs) == ["alpha_adam"]
+    assert grids.find_axes(runs) == ["alpha_adam"]
     other = write_point(tmp_path, -7.0, prefix="f32", alpha_adam=2e-04, matmul_precision="float32")
-    with pytest.raises(sweep_summary.SweepError, match="'matmul_precision' differs"):
-        sweep_summary.find_axes([*runs, scoring.load_run(other)])
+    with pytest.raises(grids.GridError, match="'matmul_precision' differs"):
+        grids.find_axes([*runs, scoring.load_run(other)])
     unknown = write_point(tmp_path, -7.0, prefix="odd", alpha_adam=4e-04, odd_key=1)
-    with pytest.raises(sweep_summary.SweepError, match="'odd_key' is in .* but not in"):
-        sweep_summary.find_axes([*runs, scoring.load_run(unknown)])
+    with pytest.raises(grids.GridError, match="'odd_key' is in .* but not in"):
+        grids.find_axes([*runs, scoring.load_run(unknown)])
 
 
 def test_the_same_point_twice_is_an_error(tmp_path):
@@ -158,19 +159,19 @@ def test_score_is_the_mean_over_seeds_of_each_seeds_mean_return(tmp_path):
 
 
 def test_ranking_puts_the_best_point_first(tmp_path):
-    runs, axes, ranked = sweep_summary.summarise(write_grid(tmp_path), "reward_rates", False)
+    runs, axes, ranked = grids.summarise(write_grid(tmp_path), "reward_rates", False)
     assert len(ranked) == 9
     assert ranked[0].coords == (5e-05, 0.1)
     scores = [p.score for p in ranked]
     assert scores == sorted(scores, reverse=True)
     assert scores == pytest.approx([-5.0] + [-15.0] * 4 + [-25.0] * 4)
-    assert sweep_summary.edge_warnings(ranked[0], runs, axes) == []  # best is inside the grid
+    assert grids.edge_warnings(ranked[0], runs, axes) == []  # best is inside the grid
     lowest_first = scoring.rank(ranked, minimize=True)
     assert lowest_first[-1].coords == (5e-05, 0.1)
 
 
 def test_diverged_seeds_are_counted_but_stay_in_the_score(tmp_path):
-    runs, _, ranked = sweep_summary.summarise(write_grid(tmp_path), "reward_rates", False)
+    runs, _, ranked = grids.summarise(write_grid(tmp_path), "reward_rates", False)
     corner = next(p for p in ranked if p.coords == (2.5e-05, 0.05))
     assert corner.num_diverged == 2
     assert corner.num_seeds == NUM_SEEDS and corner.score == pytest.approx(-25.0)
@@ -179,16 +180,16 @@ def test_diverged_seeds_are_counted_but_stay_in_the_score(tmp_path):
 
 def test_best_at_the_largest_value_warns_to_extend_the_grid(tmp_path):
     paths = write_grid(tmp_path, score=lambda i, j: -5.0 - 10 * (2 - i) - 10 * abs(j - 1))
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", False)
     assert ranked[0].coords == (1e-04, 0.1)
-    warnings = sweep_summary.edge_warnings(ranked[0], runs, axes)
+    warnings = grids.edge_warnings(ranked[0], runs, axes)
     assert warnings == [
         "warning: best alpha_adam is the largest value tried (0.0001): extend the grid"
     ]
 
 
 def test_report_lines_table_and_best_line(tmp_path):
-    runs, axes, ranked = sweep_summary.summarise(write_grid(tmp_path), "reward_rates", False)
+    runs, axes, ranked = grids.summarise(write_grid(tmp_path), "reward_rates", False)
     lines = sweep_summary.report_lines(runs, axes, ranked)
     table = lines[0].splitlines()
     assert table[0].split() == [
@@ -227,13 +228,13 @@ def test_p_best_better_is_near_one_half_for_points_the_seeds_do_not_separate(tmp
         write_point(tmp_path, -5.0, alpha_adam=1e-4),
         write_point(tmp_path, -5.5, alpha_adam=2e-4),  # seeds -7.5..-3.5 against -7..-3
     ]
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", False)
     vs = sweep_summary.against_best(runs, ranked)[ranked[1].path][1]
     pairs = np.add.outer(SEED_OFFSETS, -SEED_OFFSETS) + 0.5  # best seed minus other seed
     assert vs.value == pytest.approx(np.mean(pairs > 0))
     assert 0.5 < vs.value < 0.75 and vs.low < 0.5 < vs.high
     # lower is better: the same two points, the other way round
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", True)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", True)
     assert ranked[0].path == paths[1]
     assert sweep_summary.against_best(runs, ranked, True)[paths[0]][1] == vs
 
@@ -249,7 +250,7 @@ def test_heat_map_png_is_written(tmp_path):
 
 
 def test_heat_map_cells_labels_and_best_outline(tmp_path):
-    runs, axes, ranked = sweep_summary.summarise(write_grid(tmp_path), "reward_rates", False)
+    runs, axes, ranked = grids.summarise(write_grid(tmp_path), "reward_rates", False)
     fig = sweep_summary.draw(ranked, runs, axes, ranked[0], "reward_rates")
     try:
         ax = fig.axes[0]
@@ -270,7 +271,7 @@ def test_heat_map_cells_labels_and_best_outline(tmp_path):
 
 def test_missing_grid_point_leaves_a_blank_cell(tmp_path):
     paths = write_grid(tmp_path, skip={(2, 0)})
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", False)
     lines = sweep_summary.report_lines(runs, axes, ranked)
     assert lines[-1].startswith("note: 1 grid point has no file")
     assert "alpha_adam=0.0001 softmax_temp=0.05" in lines[-1]
@@ -293,7 +294,7 @@ def test_one_axis_draws_score_against_a_log_axis(tmp_path):
         write_point(tmp_path, base, alpha_adam=a)
         for a, base in zip(alphas, [-20.0, -8.0, -14.0], strict=True)
     ]
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", False)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", False)
     assert axes == ["alpha_adam"]
     fig = sweep_summary.draw(ranked, runs, axes, ranked[0], "reward_rates")
     try:
@@ -398,7 +399,7 @@ def test_keys_only_the_host_loop_reads_are_never_axes_and_are_named(tmp_path, ca
         write_point(tmp_path, -5.0, alpha_adam=1e-4, num_steps=1000, checkpoint_frequency=100),
         write_point(tmp_path, -9.0, alpha_adam=5e-5, num_steps=2000, checkpoint_frequency=200),
     ]
-    runs, axes, ranked = sweep_summary.summarise(paths, "reward_rates", minimize=False)
+    runs, axes, ranked = grids.summarise(paths, "reward_rates", minimize=False)
     assert axes == ["alpha_adam"]
     lines = sweep_summary.report_lines(runs, axes, ranked)
     assert (
@@ -408,4 +409,4 @@ def test_keys_only_the_host_loop_reads_are_never_axes_and_are_named(tmp_path, ca
     assert "note: the runs differ in num_steps (1000, 2000), which is not a grid axis" in lines
     assert not any("checkpoint_frequency is the" in line for line in lines)
     # The Figure 4 driver hands over the axes its tune job built: nothing is worked out again.
-    assert sweep_summary.summarise(paths, "reward_rates", False, axes=["alpha_adam"])[1] == axes
+    assert grids.summarise(paths, "reward_rates", False, axes=["alpha_adam"])[1] == axes
