@@ -23,7 +23,8 @@ Everything lands under `--out-dir`: `tune/` (grid configs and one `.out` per poi
 `figure4.png`. A job whose outputs are finished (complete, and holding the job's config) is
 skipped, and an interrupted job goes on from its checkpoint, so an interrupted reproduction
 continues where it stopped. This module holds the command line and the order of the stages; the
-plan of each stage's jobs is `figure4/plan.py`, where they run `figure4/executors.py`, the cost
+plan of each stage's jobs is `figure4/plan.py`, running and watching them `figure4/executors.py`,
+the job itself `figure4/jobs.py`, the checks against the cluster `figure4/cluster.py`, the cost
 estimate `figure4/estimate.py` and the figure `figure4/figure.py`.
 """
 
@@ -39,7 +40,8 @@ import sys
 import grids
 import scoring
 from agent_registry import AGENTS
-from figure4 import estimate, executors, figure, plan
+from figure4 import cluster, estimate, executors, figure, plan
+from figure4 import jobs as figure4_jobs
 from figure4.plan import ENVIRONMENTS, METRIC, PRESETS, REGIMES, STAGES, Cell, Job, Plan
 from training import checkpoint, config, paths, provenance, trackers
 from training.files import WriteError, make_writable_dir, write_atomic
@@ -299,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time",
         type=number(int, 1),
-        help=f"minutes per job (default: slurm {executors.SLURM_DEFAULT_MIN}, local no limit)",
+        help=f"minutes per job (default: slurm {figure4_jobs.SLURM_DEFAULT_MIN}, local no limit)",
     )
     p.add_argument(
         "--gpus-per-job",
@@ -334,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retries",
         type=number(int, 0),
-        default=executors.DEFAULT_RETRIES,
+        default=figure4_jobs.DEFAULT_RETRIES,
         help="local, slurm: times a cell's job is submitted again after ending with no new "
-        f"checkpoint (default {executors.DEFAULT_RETRIES}); one that made progress is resumed "
+        f"checkpoint (default {figure4_jobs.DEFAULT_RETRIES}); one that made progress is resumed "
         "regardless",
     )
     p.add_argument(
@@ -405,7 +407,7 @@ def resolve(args) -> argparse.Namespace:
         seed=args.seed,
         hyperparameters=args.hyperparameters,
     )
-    options = executors.Options(
+    options = figure4_jobs.Options(
         args.executor,
         args.seed,
         args.parallel,
@@ -422,7 +424,7 @@ def resolve(args) -> argparse.Namespace:
         trackers.from_flags(args),
     )
     if args.executor == "slurm" and {"tune", "final"} & set(args.stage) and not args.status:
-        options = executors.fit_to_cluster(options)  # before anything is submitted
+        options = cluster.fit_to_cluster(options)  # before anything is submitted
     stages = [stage for stage in STAGES if stage in args.stage]
     cells = {
         "agents": args.agents or list(plan.TABLE),
@@ -478,7 +480,7 @@ def run(args) -> int:
     # One driver at a time submits jobs and writes selections; a plot only reads, so it may
     # be drawn while a driver works.
     writes = any(stage != "plot" for stage in args.stages)
-    lock = executors.driver_lock(the_plan.out_dir) if writes else contextlib.nullcontext()
+    lock = cluster.driver_lock(the_plan.out_dir) if writes else contextlib.nullcontext()
     with lock:
         for stage in args.stages:
             if stage == "tune":
@@ -501,13 +503,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         return run(resolve(parser.parse_args(argv)))
-    except (UserError, executors.RequestError) as error:
+    except (UserError, cluster.RequestError) as error:
         parser.exit(2, f"{PROG}: error: {error}\n")
-    except executors.LockedError as error:
+    except cluster.LockedError as error:
         parser.exit(1, f"{PROG}: {error}\n")
     except WriteError as error:  # a full disk, a lost mount: what was written before stays
         parser.exit(1, f"{PROG}: cannot write {error.filename}: {error.strerror}\n")
-    except executors.DriverStoppedError as stopped:
+    except figure4_jobs.DriverStoppedError as stopped:
         parser.exit(128 + stopped.signum, f"{PROG}: {stopped}\n")
     except KeyboardInterrupt:  # Ctrl-C between stages
         parser.exit(128 + signal.SIGINT, f"{PROG}: interrupted; run the same command to go on\n")

@@ -1,9 +1,9 @@
-"""Where the Figure 4 jobs run: one after another in this process (`inline`), as local processes
-(`local`), or as SLURM jobs (`slurm`), the last two through submitit.
+"""Running a stage's Figure 4 jobs (`run_jobs`): one after another in this process (`inline`), as
+local processes (`local`), or as SLURM jobs (`slurm`), the last two submitted through submitit
+and watched here until each is done, failed or out of retries.
 
-Every executor runs the same job function, `TrainingJob`, which trains through `experiment.run`
-and goes on from the job's checkpoint when an earlier try was interrupted. submitit pickles it
-and its plain arguments (the config itself, not a file), so every job runs the same code path.
+Every executor runs the same job function, `jobs.TrainingJob`, which trains through
+`experiment.run` and goes on from the job's checkpoint when an earlier try was interrupted.
 
 What happens to a job that is stopped:
 - SLURM's warning before the time limit (SIGUSR2, submitit's signal) or a preemption (SIGTERM):
@@ -21,48 +21,52 @@ What happens to a job that is stopped:
 The driver polls the jobs itself (`squeue` on SLURM, which needs no accounting; `sacct` only for
 the reason a forgotten job ended, where it answers), prints one line per change of a job's
 state with its step, and keeps `<out-dir>/status.json` for `reproduce_figure4.py --status`.
-Before the first `sbatch` the request is checked against `sinfo`; one driver works on a folder
-at a time (`driver_lock`).
+Before the first `sbatch` the request is checked against `sinfo`, and one driver works on a
+folder at a time (both `figure4/cluster.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import io
 import json
-import math
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from typing import Any, NamedTuple
 
 import submitit
 
-from agent_registry import AGENTS, ROOT
+from figure4 import jobs as figure4_jobs
 from figure4 import plan
+from figure4.cluster import RequestError, refusal_line
+from figure4.jobs import (
+    DriverStoppedError,
+    Options,
+    failure_line,
+    job_arguments,
+    job_done,
+    make_executor,
+    read_records,
+    records_path,
+    run_inline,
+    stop_on_signals,
+    write_records,
+)
 from figure4.plan import Job
 from training import checkpoint, paths, provenance, results
-from training.experiment import RunError, RunInterruptedError
 from training.files import write_atomic
-from training.trackers import Trackers
 
-LOCAL_NO_LIMIT_MIN = 60 * 24 * 365  # submitit's local executor kills jobs after 2 min otherwise
-SLURM_DEFAULT_MIN = 24 * 60
-SLURM_MAX_REQUEUES = 100  # submitit's default, 3, would end a long run after three time limits
 # A job out of the queue without a result at two looks in a row, GONE_GRACE_S apart, has ended:
 # the second look gives a result file on a shared filesystem a moment to show.
 GONE_LOOKS = 2
 GONE_GRACE_S = 5.0
 FILE_LOOK_S = 5.0  # how often the driver looks for result files between two looks at squeue
-DEFAULT_RETRIES = 3  # submissions again of a cell whose job ended with no new checkpoint
 SUMMARY_EVERY_S = 600  # the stage's summary line: on every change, and at least this often
-LOCK_FILE = "driver.lock"  # under --out-dir: one driver per folder
 STATUS_FILE = "status.json"  # under --out-dir: the stage's jobs, for `--status`
 STOP_WAIT_S = 600  # how long stopped local jobs get to write their checkpoints
 # SLURM states of a job that is still queued or running (a requeued job passes through them).
@@ -82,422 +86,6 @@ ACTIVE = frozenset(
         "PREEMPTED",
     ]
 )
-
-
-class Options(NamedTuple):
-    """How and where to run jobs (the driver's flags)."""
-
-    executor: str  # inline, local or slurm
-    seed: int
-    parallel: int  # local: jobs at once
-    time: int | None  # minutes per job
-    gpus_per_job: int | None
-    cpus_per_job: int
-    mem_gb: float | None
-    slurm_partition: str | None
-    slurm_array_parallelism: int
-    signal_delay: int  # seconds before the time limit that SLURM warns a job
-    poll: float  # seconds between looks at the jobs' states
-    accept_version_change: bool
-    retries: int = DEFAULT_RETRIES  # per cell, for jobs that end with no new checkpoint
-    trackers: Trackers | None = None  # live curves of every job (`--tensorboard`, `--wandb`)
-
-
-class DriverStoppedError(Exception):
-    """The driver got SIGINT or SIGTERM: the message is the line it prints."""
-
-    def __init__(self, line: str, signum: int):
-        super().__init__(line)
-        self.signum = signum
-
-
-class TrainingJob(submitit.helpers.Checkpointable):
-    """One training run of a cell (a grid run for tune) into the job's prefix, going on from
-    `<prefix>.ckpt` when an earlier try was interrupted. A run that cannot start raises its
-    `RunError`, so the other jobs of an inline stage go on. `checkpoint` (submitit's protocol)
-    is the same call: the requeued job resumes from the run's checkpoint."""
-
-    def __call__(
-        self,
-        agent: str,
-        raw: dict,
-        prefix: str,
-        seed: int,
-        quiet=True,
-        accept_change=False,
-        trackers: Trackers | None = None,
-    ) -> str:
-        """Returns what the job did, for the driver's log. `trackers`: where its curves go live,
-        continuing its earlier tries' runs."""
-        flags = dict(seed=seed, resume=True, quiet=quiet, accept_version_change=accept_change)
-        flags["trackers"] = trackers
-        try:
-            written = AGENTS[agent].run(raw, prefix, **flags)
-        except RunInterruptedError as error:
-            print(error, file=sys.stderr, flush=True)  # the job's log says how it stopped
-            if os.environ.get("SUBMITIT_EXECUTOR") == "slurm":
-                if error.signum == signal.SIGUSR2 or job_runs_on():
-                    requeue()
-                print(
-                    "SLURM is ending this job (scancel, its time limit, its own requeue): "
-                    "left to SLURM, not requeued",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                sys.exit(-1)
-            raise
-        if written.chunks_run == 0:
-            return "finished already: its .out written again from its checkpoint"
-        return "done"
-
-
-def requeue() -> None:
-    """Hand a stopped run (its checkpoint written) to submitit's own handler of its signal,
-    which calls `TrainingJob.checkpoint`, requeues the job with `scontrol requeue` and exits
-    without a result, so the driver goes on waiting. When SLURM requeues or cancels the job
-    itself (a preemption, `scontrol requeue`, `scancel`), scontrol may refuse; the job exits
-    all the same, and SLURM restarts it or the driver reports it gone."""
-    handler = signal.getsignal(signal.SIGUSR2)
-    if callable(handler):
-        try:
-            handler(signal.SIGUSR2, None)
-        except subprocess.SubprocessError as error:
-            print(f"scontrol requeue: {error}; leaving the job to SLURM", file=sys.stderr)
-    sys.exit(-1)
-
-
-def job_runs_on() -> bool:
-    """Whether SLURM still lists this job as running: a SIGTERM it sends while it ends a job
-    (`scancel`, a kill at the time limit, `scontrol requeue`) leaves the job COMPLETING, and
-    then the job must not requeue itself (a cancelled job would come back). A preemption's
-    SIGTERM to a running job, or no answer, requeues it."""
-    job_id = submitit.JobEnvironment().job_id
-    command = ["squeue", "-h", "-j", job_id, "-o", "%T"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return True
-    return done.returncode != 0 or done.stdout.strip() in ("", "RUNNING")
-
-
-def job_arguments(job: Job, options: Options, quiet: bool) -> tuple:
-    trackers = options.trackers and options.trackers._replace(group=tracker_group(job))
-    return (
-        *(job.cell.agent, job.raw, job.prefix, options.seed, quiet),
-        *(options.accept_version_change, trackers),
-    )
-
-
-def tracker_group(job: Job) -> str:
-    """A job's runs in TensorBoard and W&B: `final/ER_ProcMaze_high/seed_3` and its `mean`, or
-    a tune grid's `tune/ER_ProcMaze_high/alpha_adam=5e-05_softmax_temp=0.1` (`trackers.py`)."""
-    return f"{job.stage}/{job.cell.name}"
-
-
-def failure_line(error: BaseException) -> str:
-    """The line that says why a job failed: a run's own one line when it is in the error (a
-    submitit job's error holds the job's traceback), else the error's last line."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(f"{RunError.__module__}.RunError: ") or line.startswith("RunError: "):
-            return line.split("RunError: ", 1)[1]
-    return lines[-1] if lines else type(error).__name__
-
-
-def job_done(job: Job, message: str) -> None:
-    """A finished job: its line, and a tune grid's checkpoint goes (its training state is up to
-    ~19 GB per cell, 110 points x 5 seeds x 100 000 transitions, and select needs only the
-    `.out` files)."""
-    if job.stage == "tune":
-        checkpoint.remove(paths.checkpoint(job.prefix))
-    print(f"{job.stage} {job.cell.name}: {message}", flush=True)
-
-
-@contextlib.contextmanager
-def stop_on_signals():
-    """SIGINT and SIGTERM to the driver raise `DriverStoppedError` while jobs run (a run in
-    this process takes them over while it trains: it stops at its chunk's end)."""
-
-    def stop(signum, frame):
-        raise DriverStoppedError(f"{signal.Signals(signum).name}: stopping the driver", signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-# --------------------------------------------------------------------------------------------
-# inline
-# --------------------------------------------------------------------------------------------
-
-
-def run_inline(jobs: list[Job], options: Options) -> list[str]:
-    failures = []
-    for i, job in enumerate(jobs, start=1):
-        print(f"{job.stage} {job.cell.name} ({i}/{len(jobs)}): running", flush=True)
-        start = time.time()
-        try:
-            # Not quiet: each job's progress shows (its bar on a terminal, a line per evaluation).
-            message = TrainingJob()(*job_arguments(job, options, quiet=False))
-        except RunInterruptedError as error:
-            raise DriverStoppedError(
-                f"{job.stage} {job.cell.name}: {error}; run the same command again to go on",
-                error.signum,
-            ) from None
-        except Exception as error:  # one failed cell must not stop the others
-            failures.append(f"{job.stage} {job.cell.name}: failed: {failure_line(error)}")
-            continue
-        job_done(job, f"{message} in {time.time() - start:.0f} s")
-    return failures
-
-
-# --------------------------------------------------------------------------------------------
-# local and slurm, through submitit
-# --------------------------------------------------------------------------------------------
-
-
-def make_executor(options: Options, folder: str) -> submitit.Executor:
-    """A submitit executor for `local` or `slurm`."""
-    # The job function is pickled by reference (module `figure4.executors`): the job's Python,
-    # started by submitit, must find this project's modules wherever the user launched from.
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if ROOT not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *paths])
-    if options.executor == "local":
-        if options.parallel > 1 and options.gpus_per_job:
-            # Jobs sharing a GPU: JAX's default preallocation of 75% of it would fail the second.
-            os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-        executor = submitit.LocalExecutor(folder=folder)
-        executor.update_parameters(
-            timeout_min=options.time or LOCAL_NO_LIMIT_MIN, gpus_per_node=options.gpus_per_job or 0
-        )
-        return executor
-    executor = submitit.AutoExecutor(
-        folder=folder, cluster="slurm", slurm_max_num_timeout=SLURM_MAX_REQUEUES
-    )
-    parameters = {
-        "name": "figure4",
-        "timeout_min": options.time or SLURM_DEFAULT_MIN,
-        "gpus_per_node": 1 if options.gpus_per_job is None else options.gpus_per_job,
-        "cpus_per_task": options.cpus_per_job,
-        "slurm_array_parallelism": options.slurm_array_parallelism,
-        "slurm_signal_delay_s": options.signal_delay,
-        # Requeued by SLURM itself when preempted, not only when the job asks for it.
-        "slurm_additional_parameters": {"requeue": True},
-    }
-    if options.slurm_partition:
-        parameters["slurm_partition"] = options.slurm_partition
-    if options.mem_gb:
-        parameters["mem_gb"] = options.mem_gb
-    executor.update_parameters(**parameters)
-    return executor
-
-
-def records_path(out_dir: str, stage: str) -> str:
-    return os.path.join(out_dir, "logs", stage, "submitted.json")
-
-
-def read_records(path: str) -> dict:
-    """prefix -> {'job_id', 'folder'} of the SLURM jobs a driver submitted ({} without any)."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def write_records(path: str, records: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_atomic(path, lambda f: f.write(json.dumps(records, indent=1).encode()))
-
-
-# --------------------------------------------------------------------------------------------
-# One driver per --out-dir
-# --------------------------------------------------------------------------------------------
-
-
-class LockedError(Exception):
-    """Another driver works on the same `--out-dir`: the line names it."""
-
-
-def holder_of(path: str) -> str:
-    """'host H, pid P' of the driver that holds the lock, as it wrote it (it may be writing)."""
-    for _ in range(50):
-        try:
-            with open(path) as f:
-                holder = json.load(f)
-            return f"host {holder['host']}, pid {holder['pid']}, since {holder['since']}"
-        except (OSError, ValueError, KeyError):
-            time.sleep(0.02)
-    return "unknown holder"
-
-
-@contextlib.contextmanager
-def driver_lock(out_dir: str):
-    """Hold `<out_dir>/driver.lock` while the driver runs: a second driver on the same folder
-    raises `LockedError` at once. The lock is the kernel's (`flock`), so a driver that died,
-    however it died, holds none: its stale file does not block."""
-    path = os.path.join(out_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise LockedError(
-            f"--out-dir {out_dir}: another driver works on it ({holder_of(path)}); let it "
-            "finish or stop it, then run this command again"
-        ) from None
-    try:
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "since": since}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays, harmless
-
-
-# --------------------------------------------------------------------------------------------
-# The request checked against the cluster before the first sbatch
-# --------------------------------------------------------------------------------------------
-
-
-class RequestError(Exception):
-    """The jobs' request cannot run on this cluster, or sbatch refused it: the line says which
-    flag and what would fit."""
-
-
-class Node(NamedTuple):
-    """One node of one partition, as `sinfo -N` lists it."""
-
-    partition: str
-    default: bool  # the partition a job without --partition goes to
-    cpus: int
-    mem_mb: int
-    gpus: int
-    limit_min: int | None  # the partition's time limit; None: infinite
-
-
-def slurm_minutes(text: str) -> int | None:
-    """SLURM's time ('infinite', 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH[:MM[:SS]]') in whole minutes
-    (seconds round down); None for no limit."""
-    if text.strip().lower() in ("infinite", "unlimited", "n/a", ""):
-        return None
-    days, _, clock = text.strip().rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if days:
-        parts += [0] * (3 - len(parts))
-        hours, minutes, _ = parts
-    else:
-        hours, minutes = ([0, *parts] if len(parts) < 3 else parts)[:2]
-        if len(parts) == 1:
-            hours, minutes = 0, parts[0]
-    return int(days or 0) * 1440 + hours * 60 + minutes
-
-
-def gres_gpus(text: str) -> int:
-    """GPUs in a node's generic resources ('gpu:a100:4(S:0-1),shard:8' -> 4; '(null)' -> 0)."""
-    total = 0
-    for item in text.split(","):
-        fields = item.split("(")[0].split(":")
-        if fields[0] == "gpu":
-            total += int(fields[-1]) if len(fields) > 1 and fields[-1].isdigit() else 1
-    return total
-
-
-def parse_sinfo(text: str) -> list[Node]:
-    """`sinfo -h -N -o '%P|%c|%m|%G|%l'` lines as `Node`s."""
-    nodes = []
-    for line in text.splitlines():
-        if line.count("|") != 4:
-            continue
-        partition, cpus, mem, gres, limit = (field.strip() for field in line.split("|"))
-        nodes.append(
-            Node(
-                partition.rstrip("*"),
-                partition.endswith("*"),
-                int(cpus.rstrip("+") or 0),
-                int(mem.rstrip("+") or 0),
-                gres_gpus(gres),
-                slurm_minutes(limit),
-            )
-        )
-    return nodes
-
-
-def request_mismatch(nodes: list[Node], options: Options) -> str | None:
-    """The first part of the jobs' request that no node of the partition can give, with the
-    value that would fit; None when some node fits it all. `options.gpus_per_job` is set."""
-    names = " ".join(sorted({node.partition for node in nodes}))
-    partition = options.slurm_partition or next((n.partition for n in nodes if n.default), None)
-    if partition is None:
-        return f"--slurm-partition: the cluster has no default partition; pass one of: {names}"
-    fits = [node for node in nodes if node.partition == partition]
-    if not fits:
-        return f"--slurm-partition {partition}: no such partition here; the cluster has: {names}"
-    wants = (  # flag, wanted, what a node has, how to say it
-        ("--cpus-per-job", options.cpus_per_job, lambda n: n.cpus, "{} CPUs"),
-        ("--gpus-per-job", options.gpus_per_job, lambda n: n.gpus, "{} GPUs"),
-        ("--mem-gb", options.mem_gb or 0, lambda n: math.floor(n.mem_mb / 102.4) / 10, "{} GB"),
-    )
-    for flag, wanted, has, unit in wants:
-        most = max(has(node) for node in fits)
-        fits = [node for node in fits if has(node) >= wanted]
-        if not fits:
-            return (
-                f"{flag} {wanted:g}: no node of partition {partition} has "
-                f"{unit.format(f'{wanted:g}')} (the most is {most:g}); pass {flag} {most:g} or less"
-            )
-    limits = [node.limit_min for node in fits]
-    limit = None if None in limits else max(limits)
-    minutes = options.time or SLURM_DEFAULT_MIN
-    if limit is not None and minutes > limit:
-        return f"--time {minutes}: partition {partition} allows at most {limit} minutes"
-    return None
-
-
-def fit_to_cluster(options: Options) -> Options:
-    """Check the jobs' request against the cluster (`sinfo`) before anything is submitted:
-    raises `RequestError` naming the first mismatch. Without `--gpus-per-job`, jobs get one
-    GPU where the partition has GPUs and none where it has none. A `sinfo` that does not
-    answer leaves the check to sbatch (whose refusal is one line too)."""
-    minutes = options.time or SLURM_DEFAULT_MIN
-    if options.signal_delay >= minutes * 60:
-        raise RequestError(
-            f"--signal-delay {options.signal_delay}: not below --time {minutes} minutes "
-            f"({minutes * 60} s): the warning would come before the job starts"
-        )
-    command = ["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l"]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        nodes = parse_sinfo(done.stdout) if done.returncode == 0 else []
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        nodes = []
-    if not nodes:
-        print("sinfo did not answer: the request is left to sbatch to check", flush=True)
-        return options._replace(gpus_per_job=options.gpus_per_job or 0)
-    if options.gpus_per_job is None:
-        partition = options.slurm_partition or next((n.partition for n in nodes if n.default), "")
-        has_gpus = any(n.gpus for n in nodes if n.partition == partition)
-        options = options._replace(gpus_per_job=1 if has_gpus else 0)
-        if not has_gpus:
-            print(f"slurm: partition {partition} has no GPUs: jobs run on CPUs", flush=True)
-    mismatch = request_mismatch(nodes, options)
-    if mismatch:
-        raise RequestError(mismatch)
-    return options
-
-
-def refusal_line(error: BaseException) -> str:
-    """sbatch's own line from submitit's error ('Batch job submission failed: ...')."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "error:" in line:
-            return line.split("error:", 1)[1].strip()
-    return lines[-1] if lines else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------
@@ -791,7 +379,7 @@ def submit(jobs: list[Job], options: Options, out_dir: str) -> list:
     arguments = [job_arguments(job, options, quiet=False) for job in jobs]
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error too
-            handles = executor.map_array(TrainingJob(), *zip(*arguments, strict=True))
+            handles = executor.map_array(figure4_jobs.TrainingJob(), *zip(*arguments, strict=True))
     except (submitit.core.utils.FailedJobError, subprocess.SubprocessError, OSError) as error:
         remove_new_files(parent, existed)
         raise RequestError(

@@ -17,10 +17,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", 
 import slurm_jobs  # noqa: E402
 
 import reproduce_figure4  # noqa: E402
-from figure4 import executors  # noqa: E402
+from figure4 import jobs  # noqa: E402
 
 if __name__ == "__main__":
     time.sleep(max(0.0, float(os.environ.get("FIGURE4_START_AT", 0)) - time.time()))
     faults = json.loads(os.environ.get("FIGURE4_FAULTS", "{}"))
-    executors.TrainingJob = lambda: slurm_jobs.FaultyTrainingJob(**faults)
+    jobs.TrainingJob = lambda: slurm_jobs.FaultyTrainingJob(**faults)
     sys.exit(reproduce_figure4.main())

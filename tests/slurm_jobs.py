@@ -19,7 +19,7 @@ import background
 import slurm_scenarios
 import submitit
 
-from figure4 import executors
+from figure4 import jobs
 from training import experiment
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +37,7 @@ def cluster_answers() -> bool:
     return done.returncode == 0 and bool(done.stdout.strip())
 
 
-class SlowTrainingJob(executors.TrainingJob):
+class SlowTrainingJob(jobs.TrainingJob):
     """`TrainingJob` whose run sleeps `pause` seconds after each chunk."""
 
     def __init__(self, pause: float):
@@ -54,7 +54,7 @@ class SlowTrainingJob(executors.TrainingJob):
         return super().__call__(*args, **kwargs)
 
 
-class FaultyTrainingJob(executors.TrainingJob):
+class FaultyTrainingJob(jobs.TrainingJob):
     """`TrainingJob` with the faults a cluster brings, for the driver's tests: its run sleeps
     `pause` seconds after each chunk; once SLURM has warned it (SIGUSR2), the chunk it is in
     takes `stall` seconds more (a chunk longer than the warning); and a cell named in `deaths`
@@ -106,16 +106,16 @@ def count_try(path: str) -> int:
     return tries
 
 
-def options(minutes: int | None = None, signal_delay: int = 5) -> executors.Options:
+def options(minutes: int | None = None, signal_delay: int = 5) -> jobs.Options:
     """SLURM options for the test cluster: no GPUs, one CPU per job (two jobs at once)."""
-    return executors.Options("slurm", 0, 1, minutes, 0, 1, None, None, 4, signal_delay, 2.0, False)
+    return jobs.Options("slurm", 0, 1, minutes, 0, 1, None, None, 4, signal_delay, 2.0, False)
 
 
 def submit(folder: str, job, raw: dict, prefix: str, minutes: int | None = None):
     """Submit `job` (a `TrainingJob`) of ER on `raw` into `prefix`; its log under `folder`."""
     paths = [TESTS, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)  # the job imports us
-    executor = executors.make_executor(options(minutes), os.path.join(folder, "%j"))
+    executor = jobs.make_executor(options(minutes), os.path.join(folder, "%j"))
     return executor.submit(job, "ER", raw, prefix, 0, False, False)
 
 
@@ -164,4 +164,4 @@ def cancel_background() -> None:
 
 def read_records(out_dir) -> dict:
     """The final stage's SLURM jobs as the driver recorded them."""
-    return executors.read_records(executors.records_path(str(out_dir), "final"))
+    return jobs.read_records(jobs.records_path(str(out_dir), "final"))

@@ -20,7 +20,7 @@ from helpers import QUICK_PIPELINE, ROOT, definition, run_quick_driver, tiny_con
 
 import reproduce_figure4 as r4
 from agent_registry import AGENTS
-from figure4 import estimate, executors, figure
+from figure4 import estimate, executors, figure, jobs
 from figure4 import plan as f4
 from figure4.plan import PRESETS, Cell
 from training import checkpoint, config, experiment, provenance, results
@@ -299,7 +299,7 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     flags = ["--executor", "slurm", "--slurm-partition", "gpu", "--time", "90"]
     flags += ["--cpus-per-job", "4", "--gpus-per-job", "2", "--slurm-array-parallelism", "7"]
     args = r4.resolve(r4.build_parser().parse_args(flags))
-    executor = executors.make_executor(args.options, str(tmp_path / "logs" / "%j"))
+    executor = jobs.make_executor(args.options, str(tmp_path / "logs" / "%j"))
     header = executor._executor._make_submission_file_text("CMD", "uid")
     for line in ("--partition=gpu", "--time=90", "--cpus-per-task=4", "--gpus-per-node=2"):
         assert f"#SBATCH {line}" in header
@@ -311,9 +311,9 @@ def test_a_failing_job_raises_so_the_other_jobs_go_on(tmp_path):
     """A job whose run cannot start raises the run's one line (the inline executor records it
     and goes on with the next cell; a submitit job's error names it too)."""
     with pytest.raises(RunError, match="config error: activation: missing required key"):
-        executors.TrainingJob()("ER", {}, str(tmp_path / "run"), 0)
+        jobs.TrainingJob()("ER", {}, str(tmp_path / "run"), 0)
     error = RuntimeError("Traceback ...\ntraining.experiment.RunError: config error: x\nlog: y")
-    assert executors.failure_line(error) == "config error: x"
+    assert jobs.failure_line(error) == "config error: x"
 
 
 class ResultLater:
@@ -341,7 +341,7 @@ def silent_squeue(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
 
 
-def slurm_options(tmp_path) -> executors.Options:
+def slurm_options(tmp_path) -> jobs.Options:
     args = r4.build_parser().parse_args(["--quick", "--out-dir", str(tmp_path), "--poll", "0.1"])
     return r4.resolve(args).options._replace(executor="slurm")
 
@@ -369,8 +369,8 @@ def test_a_restarted_driver_submits_nothing_while_squeue_is_silent(tmp_path, mon
     an earlier driver submitted."""
     silent_squeue(tmp_path, monkeypatch)
     job = f4.final_job(Cell("ER", "ProcMaze", "high"), quick_plan(tmp_path))
-    path = executors.records_path(str(tmp_path), "final")
-    executors.write_records(path, {job.prefix: {"job_id": "7", "folder": str(tmp_path)}})
+    path = jobs.records_path(str(tmp_path), "final")
+    jobs.write_records(path, {job.prefix: {"job_id": "7", "folder": str(tmp_path)}})
     answering = "#!/bin/sh\necho '7|RUNNING|2026-12-03T11:00:00'\n"
     squeue = tmp_path / "bin" / "squeue"
     threading.Timer(1.0, squeue.write_text, [answering]).start()
@@ -601,7 +601,7 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
     raw = tiny_config("ER", num_steps=40000, eval_frequency=100, training_start_time=0)
     prefix = str(tmp_path / "final" / "ER_ProcMaze_high")
     job = f4.Job("final", Cell("ER", "ProcMaze", "high"), raw, {}, prefix + ".json", prefix, ())
-    options = executors.Options("local", 0, 1, None, 0, 1, None, None, 1, 300, 1.0, False)
+    options = jobs.Options("local", 0, 1, None, 0, 1, None, None, 1, 300, 1.0, False)
 
     def stop_the_driver_once_training():
         deadline = time.time() + 300
@@ -610,7 +610,7 @@ def test_local_jobs_stop_with_the_driver_and_checkpoint(tmp_path, monkeypatch):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=stop_the_driver_once_training, daemon=True).start()
-    with pytest.raises(executors.DriverStoppedError) as info:
+    with pytest.raises(jobs.DriverStoppedError) as info:
         executors.run_jobs([job], options, str(tmp_path))
     assert "stopped 1 local jobs, each after writing its checkpoint" in str(info.value)
     (folder,) = [name for name in os.listdir(tmp_path / "logs" / "final") if name.isdigit()]

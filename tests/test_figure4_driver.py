@@ -13,20 +13,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reproduce_figure4 as r4
-from figure4 import executors
+from figure4 import cluster, executors, jobs
 from figure4.plan import Cell, Job
 
 PARTITIONS = ("debug", "gpu")
 
 
-def options(**changes) -> executors.Options:
-    base = executors.Options("slurm", 0, 1, None, 0, 1, None, None, 4, 300, 30.0, False)
+def options(**changes) -> jobs.Options:
+    base = jobs.Options("slurm", 0, 1, None, 0, 1, None, None, 4, 300, 30.0, False)
     return base._replace(**changes)
 
 
 nodes = st.lists(
     st.builds(
-        executors.Node,
+        cluster.Node,
         partition=st.sampled_from(PARTITIONS),
         default=st.just(False),
         cpus=st.integers(1, 64),
@@ -48,8 +48,8 @@ requests = st.fixed_dictionaries(
 )
 
 
-def fits(node: executors.Node, request: dict) -> bool:
-    minutes = request["time"] or executors.SLURM_DEFAULT_MIN
+def fits(node: cluster.Node, request: dict) -> bool:
+    minutes = request["time"] or jobs.SLURM_DEFAULT_MIN
     return (
         node.partition == request["slurm_partition"]
         and node.cpus >= request["cpus_per_job"]
@@ -62,7 +62,7 @@ def fits(node: executors.Node, request: dict) -> bool:
 @settings(max_examples=200, deadline=None)
 @given(nodes, requests)
 def test_a_request_is_refused_exactly_when_no_node_fits_and_the_value_named_fits(nodes, request):
-    mismatch = executors.request_mismatch(nodes, options(**request))
+    mismatch = cluster.request_mismatch(nodes, options(**request))
     exact = [n for n in nodes if fits(n, {**request, "mem_gb": (request["mem_gb"] or 0) + 0.1})]
     if mismatch is None:
         assert any(fits(node, request) for node in nodes)
@@ -73,7 +73,7 @@ def test_a_request_is_refused_exactly_when_no_node_fits_and_the_value_named_fits
     if named:  # the value it names fits that part of the request
         key = named.group(1)[2:].replace("-", "_")
         value = float(named.group(2))
-        again = executors.request_mismatch(nodes, options(**{**request, key: value}))
+        again = cluster.request_mismatch(nodes, options(**{**request, key: value}))
         assert again is None or not again.startswith(f"{flag} "), (mismatch, again)
 
 
@@ -82,31 +82,31 @@ def test_a_request_is_refused_exactly_when_no_node_fits_and_the_value_named_fits
     [("infinite", None), ("30", 30), ("30:00", 30), ("1:00:00", 60), ("2-12", 3600)],
 )
 def test_slurm_times_in_minutes(text, minutes):
-    assert executors.slurm_minutes(text) == minutes
+    assert cluster.slurm_minutes(text) == minutes
 
 
 def test_sinfo_lines_are_read_with_their_gpus_and_default_partition():
     text = "debug*|2|21694|(null)|infinite\ngpu|64|512000|gpu:a100:4(S:0-1),shard:8|2-00:00:00\n"
-    debug, gpu = executors.parse_sinfo(text)
-    assert debug == executors.Node("debug", True, 2, 21694, 0, None)
-    assert gpu == executors.Node("gpu", False, 64, 512000, 4, 2880)
+    debug, gpu = cluster.parse_sinfo(text)
+    assert debug == cluster.Node("debug", True, 2, 21694, 0, None)
+    assert gpu == cluster.Node("gpu", False, 64, 512000, 4, 2880)
 
 
 def test_a_second_driver_on_a_folder_is_refused_naming_the_first_and_a_dead_ones_lock_is_not(
     tmp_path,
 ):
-    holding = executors.driver_lock(str(tmp_path))
+    holding = cluster.driver_lock(str(tmp_path))
     with (
         holding,
-        pytest.raises(executors.LockedError) as info,
-        executors.driver_lock(str(tmp_path)),
+        pytest.raises(cluster.LockedError) as info,
+        cluster.driver_lock(str(tmp_path)),
     ):
         pass
     holder = f"host {os.uname().nodename}, pid {os.getpid()},"
     assert f"another driver works on it ({holder}" in str(info.value)
     # What a driver that died leaves: the file, without the kernel's lock.
-    (tmp_path / executors.LOCK_FILE).write_text(json.dumps({"host": "x", "pid": 1, "since": "0"}))
-    with executors.driver_lock(str(tmp_path)):
+    (tmp_path / cluster.LOCK_FILE).write_text(json.dumps({"host": "x", "pid": 1, "since": "0"}))
+    with cluster.driver_lock(str(tmp_path)):
         pass
 
 
