@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -265,6 +266,52 @@ def finish(process: subprocess.Popen) -> str:
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
     return stderr
+
+
+def test_the_loop_hands_evaluations_over_and_a_flush_waits_for_them():
+    """A tracker that takes long does not hold the loop: `evaluated` returns while the tracker
+    is still busy (it waits for the test to let it go on), and `flush` returns once it is done."""
+    go_on, seen = threading.Event(), []
+
+    class Busy:
+        def log(self, t, logged):
+            if not go_on.wait(60):
+                raise AssertionError("the loop waited for the tracker")
+            seen.append((t, logged[0]["reward_rates"]))
+
+        def close(self):
+            pass
+
+    specs = trackers.run_specs("r", [{}], [], 2, per_seed=False)
+    listener = trackers.Listener(specs, {"wandb": Busy()}, {}, 50, quiet=True)
+    for t in (0, 50, 100):
+        listener.evaluated(t, one_evaluation(), 1.0)
+    go_on.set()
+    listener.flush()
+    assert seen == [(0, 1.0), (50, 1.0), (100, 1.0)]
+    listener.close()
+    assert not listener.thread
+
+
+def test_an_error_beside_the_trackers_stops_the_curves_in_one_line_not_the_run(capsys):
+    logged = []
+
+    class Fine:
+        def log(self, t, values):
+            logged.append(t)
+
+        def close(self):
+            pass
+
+    specs = trackers.run_specs("r", [{}, {}], [], 2, per_seed=False)  # two points, one logged
+    listener = trackers.Listener(specs, {"tensorboard": Fine()}, {}, 50, quiet=True)
+    listener.evaluated(0, one_evaluation(), 1.0)
+    listener.flush()  # returns: the thread did not die with the item
+    listener.evaluated(50, one_evaluation(), 1.0)
+    listener.close()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("warning: live curves: IndexError: ") and logged == []
+    assert line.endswith("; training goes on without them")
 
 
 # --------------------------------------------------------------------------------------------

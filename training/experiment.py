@@ -340,6 +340,7 @@ def train(
                 listener.evaluated(i * cfg["eval_frequency"], carry.progress.history, elapsed)
                 last, stopping = i == num_chunks - 1, stop.signum is not None
                 if last or stopping or carry.steps_since_checkpoint >= checkpoint_every(cfg):
+                    listener.flush()  # the curves up to the checkpoint are logged before it
                     carry = save_checkpoint(setup, run_files, carry)
                 if not last and (stopping or schedule.due()):
                     started = time.monotonic()

@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import queue
 import sys
+import threading
 import time
 from typing import Any, NamedTuple
 
@@ -166,14 +168,24 @@ def first_line(error: BaseException) -> str:
 
 
 class Listener:
-    """The host loop's listener of its evaluations: sends each to every tracker opened; a
-    tracker that fails is dropped with one warning line. Opened by `open_listener`."""
+    """The host loop's listener of its evaluations: sends each to every tracker opened, from a
+    thread beside the loop (a library's logging overlaps the next chunk, which runs in XLA
+    without the GIL: on a GPU a chunk is a fraction of a second, W&B's 31 `log` calls of a
+    30-seed run about as long); a tracker that fails is dropped with one warning line. Opened
+    by `open_listener`; `flush` before a checkpoint, so that what it holds is logged."""
 
     def __init__(self, specs, backends: dict, saved_ids: dict, chunk_steps: int, quiet: bool):
         self.specs, self.backends, self.saved_ids = specs, backends, saved_ids
         self.chunk_steps, self.quiet = chunk_steps, quiet
-        self.seconds, self.evaluations, self.chunk_seconds = 0.0, 0, 0.0
+        self.evaluations, self.chunk_seconds = 0, 0.0
+        self.seconds = 0.0  # the thread's logging
+        self.waited = 0.0  # the loop's: handing evaluations over, and `flush`
         self.open_seconds = 0.0  # opening the runs (and replaying a resumed run's evaluations)
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = None
+        if backends:
+            self.thread = threading.Thread(target=self._work, name="live curves", daemon=True)
+            self.thread.start()
 
     def evaluated(self, t: int, history: dict[str, list], chunk_seconds: float) -> None:
         """Log the evaluation at environment step `t`, the last entry of each metric of
@@ -184,10 +196,31 @@ class Listener:
         latest = {name: np.asarray(values[-1]) for name, values in history.items()}
         pairs = latest["diverged"].size
         steps_per_s = pairs * self.chunk_steps / chunk_seconds if chunk_seconds > 0 else 0.0
-        self._log(self.backends, t, latest, steps_per_s)
-        self.seconds += time.monotonic() - started
+        self.queue.put((t, latest, steps_per_s))
+        self.waited += time.monotonic() - started
         self.evaluations += 1
         self.chunk_seconds += chunk_seconds
+
+    def _work(self) -> None:
+        """The thread: logs each evaluation handed over, in order, until `close` says stop."""
+        while (item := self.queue.get()) is not None:
+            started = time.monotonic()
+            try:
+                self._log(self.backends, *item)
+            except Exception as error:  # not a tracker's own: no more live curves, never a hang
+                warn(f"live curves: {first_line(error)}; training goes on without them")
+                self.backends = {}
+            finally:  # `flush` and `close` wait for every item, whatever happened
+                self.seconds += time.monotonic() - started
+                self.queue.task_done()
+        self.queue.task_done()
+
+    def flush(self) -> None:
+        """Wait until every evaluation handed over is logged."""
+        if self.thread is not None:
+            started = time.monotonic()
+            self.queue.join()
+            self.waited += time.monotonic() - started
 
     def replay(self, eval_times: list[int], history: dict[str, list]) -> None:
         """A resumed run's evaluations before its checkpoint, to the trackers that may have
@@ -213,15 +246,20 @@ class Listener:
         return ids
 
     def close(self) -> None:
+        """Log what is left, stop the thread, close the trackers; then the closing line."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
         for name, backend in list(self.backends.items()):
             self._call(name, backend.close)
         if self.evaluations and not self.quiet:
-            share = 100 * self.seconds / self.chunk_seconds if self.chunk_seconds else 0.0
+            share = 100 * self.waited / self.chunk_seconds if self.chunk_seconds else 0.0
             print(
                 f"live curves: runs opened in {self.open_seconds:.1f} s, "
-                f"{self.evaluations} evaluations logged in {self.seconds:.3f} s "
-                f"({1000 * self.seconds / self.evaluations:.1f} ms each, {share:.3f}% of the "
-                "chunks' time)",
+                f"{self.evaluations} evaluations logged in {self.seconds:.3f} s beside the "
+                f"loop ({1000 * self.seconds / self.evaluations:.1f} ms each); the loop waited "
+                f"{self.waited:.3f} s for them ({share:.3f}% of the chunks' time)",
                 file=sys.stderr,
             )
         self.backends = {}
