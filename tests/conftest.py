@@ -3,6 +3,7 @@
 import os
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 # The tests compile afresh: no persistent compilation cache or saved programs of other runs.
 os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
@@ -47,6 +48,61 @@ def pytest_xdist_node_collection_finished(node, ids):
 def pytest_sessionfinish(session):
     slurm_jobs.cancel_background()
     background.remove()
+
+
+# The order in which the two workers take the modules (`pytest_xdist_make_scheduler`): the
+# longest first (measured with --durations), so that neither worker is left with a long one at
+# the end; the SLURM modules last, since they wait for work started with the session.
+LONGEST_FIRST = (
+    "test_checkpoint",
+    "test_files",
+    "test_cli",
+    "test_run",
+    "test_figure4",
+    "test_compilation",
+    "test_grid",
+    "test_extension_agent",
+    "test_trackers",
+    "test_reliability",
+    "test_saved_programs",
+    "test_extension_environment",
+)
+WAITING_LAST = ("test_slurm", "test_slurm_driver")
+# Modules run by one worker as one: they share the session's quick pipeline, built once.
+SAME_WORKER = {"test_figure4_comparison": "test_figure4"}
+
+
+def module_of(nodeid: str) -> str:
+    return os.path.basename(nodeid.split("::", 1)[0]).removesuffix(".py")
+
+
+def rank(scope: str) -> tuple:
+    """Where a work unit of the scheduler comes in `LONGEST_FIRST`, then the rest, then
+    `WAITING_LAST`."""
+    module = module_of(scope)
+    if module in LONGEST_FIRST:
+        return (0, LONGEST_FIRST.index(module))
+    return (2, WAITING_LAST.index(module)) if module in WAITING_LAST else (1, 0)
+
+
+class ModulesInOrder(LoadScopeScheduling):
+    """xdist's `--dist loadscope` (a module's tests on one worker, so that its module fixtures
+    are built once), with `SAME_WORKER`'s modules as one and the modules taken in `rank`'s
+    order rather than by their number of tests."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = module_of(nodeid)
+        if module in SAME_WORKER:
+            return nodeid.split("::", 1)[0].replace(module, SAME_WORKER[module])
+        return super()._split_scope(nodeid)
+
+    def _assign_work_unit(self, node) -> None:
+        self.workqueue.move_to_end(min(self.workqueue, key=rank), last=False)
+        super()._assign_work_unit(node)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    return ModulesInOrder(config, log)
 
 
 @pytest.fixture(scope="session")
