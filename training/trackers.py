@@ -2,7 +2,8 @@
 Biases (`--wandb PROJECT`) as they happen, beside the `.out` file that holds the same numbers.
 
 A `Listener` is made before the host loop trains, told of each evaluation (`evaluated`, on the
-host, between chunks: never inside the compiled loop) and closed at the end. Its runs: one per
+host, between chunks: never inside the compiled loop; it logs them from a thread beside the
+loop) and closed at the end. Its runs: one per
 seed plus one with the mean over seeds, grouped by output prefix; a grid logs one run per point
 (its seeds as series inside it) unless `per_seed` asks for the per-seed runs. The x axis is
 environment steps, the `.out`'s `eval_times`.
