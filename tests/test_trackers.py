@@ -294,14 +294,14 @@ def test_the_loop_hands_evaluations_over_and_a_flush_waits_for_them():
 
 
 def test_an_error_beside_the_trackers_stops_the_curves_in_one_line_not_the_run(capsys):
-    logged = []
+    logged, closed = [], []
 
     class Fine:
         def log(self, t, values):
             logged.append(t)
 
         def close(self):
-            pass
+            closed.append(True)  # its runs are still finished
 
     specs = trackers.run_specs("r", [{}, {}], [], 2, per_seed=False)  # two points, one logged
     listener = trackers.Listener(specs, {"tensorboard": Fine()}, {}, 50, quiet=True)
@@ -311,6 +311,7 @@ def test_an_error_beside_the_trackers_stops_the_curves_in_one_line_not_the_run(c
     listener.close()
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("warning: live curves: IndexError: ") and logged == []
+    assert closed == [True]
     assert line.endswith("; training goes on without them")
 
 

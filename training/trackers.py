@@ -204,13 +204,15 @@ class Listener:
 
     def _work(self) -> None:
         """The thread: logs each evaluation handed over, in order, until `close` says stop."""
+        broken = False  # an error not of a tracker's own: no more logging, the runs still closed
         while (item := self.queue.get()) is not None:
             started = time.monotonic()
             try:
-                self._log(self.backends, *item)
-            except Exception as error:  # not a tracker's own: no more live curves, never a hang
+                if not broken:
+                    self._log(self.backends, *item)
+            except Exception as error:  # never a hang: the items left are only marked done
                 warn(f"live curves: {first_line(error)}; training goes on without them")
-                self.backends = {}
+                broken = True
             finally:  # `flush` and `close` wait for every item, whatever happened
                 self.seconds += time.monotonic() - started
                 self.queue.task_done()
